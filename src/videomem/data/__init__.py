@@ -1,0 +1,1 @@
+"""Data layer: video encode/decode, synthetic long-video QA, WebDataset shards, the LightningDataModule."""

@@ -1,0 +1,230 @@
+"""LightningDataModule that streams WebDataset video shards (shards.py schema) as lists of VideoQA.
+
+Training: resampled shards (each rank and DataLoader worker draws shards from its own seeded stream:
+wds.ResampledShards(deterministic=True) seeded with rank * 1000 + worker, the seed and the epoch), a seeded
+sample shuffle over raw (still encoded) videos, decoding in the workers, then `with_epoch` so every
+rank and worker yields the same number of questions: DDP ranks never wait on each other at epoch end.
+Rank and worker splitting is implicit in the per-(rank, worker) resampling seeds.
+
+Validation / test: deterministic and unshuffled, every question exactly once over all ranks and
+workers. When there are at least as many shards as consumers (ranks x workers) the shards are split
+(as wds.split_by_node then wds.split_by_worker would, with the rank fixed in the main process, see
+WorkerSeed); otherwise (a 64-video val set is one shard) every consumer
+reads all shards and keeps videos v with v % consumers == its index. `val_limit` keeps the first N
+questions in shard order (it forces the per-video split, so the N are the same for any worker count).
+Ranks may then get unequal counts: log validation metrics through torchmetrics (synced once at epoch
+end), not with per-step collectives.
+
+A video that fails to parse or decode is skipped with a warning and counted (`skipped`, per process);
+a truncated tar is skipped from the failing member on. Batches are plain lists of VideoQA (the model
+layer tokenizes and patches); a batch may hold several questions of one video, sharing its frames.
+
+Deliberately not here: tokenisation, model-specific resizing rules (pass `frame_size`), writing shards.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tarfile
+from collections.abc import Iterator
+
+import lightning as L
+import torch
+import webdataset as wds
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from videomem.data.shards import (
+    ShardFormatError,
+    VideoQADecoder,
+    expand_shards,
+    iter_samples,
+    log_and_continue,
+    read_meta,
+)
+from videomem.data.types import VideoQA
+
+log = logging.getLogger(__name__)
+
+
+def collate_videoqa(batch: list[VideoQA]) -> list[VideoQA]:
+    """Identity collate: a batch is a plain list of VideoQA (no tensor stacking)."""
+    return list(batch)
+
+
+def count_questions(urls: list[str]) -> int:
+    """Number of questions in local shards, reading only their json members (seeks over the mp4s)."""
+    total = 0
+    for url in urls:
+        if not os.path.isfile(url):
+            raise ValueError(f"cannot count questions of non-local shard {url!r}: set epoch_length")
+        with tarfile.open(url) as tar:
+            for member in tar:
+                if member.name.endswith(".json"):
+                    total += len(json.load(tar.extractfile(member))["questions"])
+    return total
+
+
+def rank_and_world(trainer: L.Trainer | None = None) -> tuple[int, int]:
+    """(rank, world size) from the Trainer, else torch.distributed, else the RANK / WORLD_SIZE variables."""
+    if trainer is not None:
+        return trainer.global_rank, trainer.world_size
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def _worker() -> tuple[int, int]:
+    info = get_worker_info()
+    return (info.id, info.num_workers) if info is not None else (0, 1)
+
+
+class WorkerSeed:
+    """Picklable seed of a (rank, worker) stream: rank * 1000 + worker, as wds.pytorch_worker_seed.
+
+    The rank is fixed in the main process: inside a spawned worker torch.distributed is not initialised,
+    and webdataset's own lookup would give every rank the same stream.
+    """
+
+    def __init__(self, rank: int) -> None:
+        self.rank = rank
+
+    def __call__(self) -> int:
+        return self.rank * 1000 + _worker()[0]
+
+
+class EvalStream(IterableDataset):
+    """Deterministic, unshuffled questions of a shard list, split over ranks and workers without overlap.
+
+    Args:
+        urls: Shard paths.
+        decoder: Turns raw samples into VideoQA, skipping corrupt ones.
+        limit: Keep only the first N questions (global shard order).
+        rank, world: This process's rank and the world size (fixed in the main process, see WorkerSeed).
+    """
+
+    def __init__(
+        self,
+        urls: list[str],
+        decoder: VideoQADecoder,
+        limit: int | None = None,
+        rank: int = 0,
+        world: int = 1,
+    ) -> None:
+        self.urls, self.decoder, self.limit, self.rank, self.world = urls, decoder, limit, rank, world
+
+    def __iter__(self) -> Iterator[VideoQA]:
+        worker, workers = _worker()
+        consumers, me = self.world * workers, self.rank * workers + worker
+        if self.limit is None and len(self.urls) >= consumers:  # = wds.split_by_node + wds.split_by_worker
+            mine = self.urls[self.rank :: self.world][worker::workers]
+            yield from self.decoder(iter_samples(mine, skip_bad_tar=True))
+            return
+        seen = 0  # questions before this video, in global shard order
+        for v, sample in enumerate(iter_samples(self.urls, skip_bad_tar=True)):
+            if self.limit is not None and seen >= self.limit:
+                return
+            try:
+                n = len(read_meta(sample)["questions"])
+            except (ShardFormatError, KeyError) as err:
+                if v % consumers == me:
+                    self.decoder.skipped += 1
+                    log.warning("skipping video %s: %s", sample.get("__key__"), err)
+                continue
+            if v % consumers == me:
+                keep = n if self.limit is None else min(n, self.limit - seen)
+                yield from self.decoder.decode(sample)[:keep]
+            seen += n
+
+
+class VideoQADataModule(L.LightningDataModule):
+    """Streams train / val / test shards as lists of VideoQA.
+
+    Args:
+        train_shards, val_shards, test_shards: Anything `expand_shards` accepts, or None.
+        batch_size: Questions per batch.
+        num_workers: DataLoader worker processes (decoding happens there).
+        frames_per_clip: Frames sampled uniformly from every clip.
+        frame_size: [H, W] resize at decode time (multiples of the model's patch * merge), None = stored.
+        backend: "decord" or "pyav".
+        shuffle_buffer: Videos in the training shuffle buffer (still encoded, so cheap).
+        seed: Seed of shard resampling and shuffling.
+        val_limit: Keep only the first N validation questions (shard order); None = all.
+        epoch_length: Training questions per epoch over all ranks; None = questions in the train shards.
+    """
+
+    def __init__(
+        self,
+        train_shards: str | list[str] | None = None,
+        val_shards: str | list[str] | None = None,
+        test_shards: str | list[str] | None = None,
+        batch_size: int = 8,
+        num_workers: int = 0,
+        frames_per_clip: int = 8,
+        frame_size: tuple[int, int] | list[int] | None = (56, 56),
+        backend: str = "decord",
+        shuffle_buffer: int = 256,
+        seed: int = 0,
+        val_limit: int | None = None,
+        epoch_length: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.frame_size = tuple(frame_size) if frame_size is not None else None
+        self.decoders: dict[str, VideoQADecoder] = {}
+
+    @property
+    def skipped(self) -> int:
+        """Videos skipped as corrupt in this process (workers count their own and log warnings)."""
+        return sum(d.skipped for d in self.decoders.values())
+
+    def _decoder(self, split: str) -> VideoQADecoder:
+        hp = self.hparams
+        self.decoders[split] = VideoQADecoder(hp.frames_per_clip, self.frame_size, hp.backend)
+        return self.decoders[split]
+
+    def _loader(self, dataset: IterableDataset) -> DataLoader:
+        hp = self.hparams
+        return DataLoader(
+            dataset,
+            batch_size=hp.batch_size,
+            num_workers=hp.num_workers,
+            collate_fn=collate_videoqa,
+            persistent_workers=hp.num_workers > 0,  # keeps the resampling epoch counter moving
+        )
+
+    def train_dataset(self) -> wds.DataPipeline:
+        """The training pipeline (also usable without a Trainer)."""
+        hp = self.hparams
+        if hp.train_shards is None:
+            raise ValueError("train_shards is not set")
+        urls = expand_shards(hp.train_shards)
+        rank, world = rank_and_world(self.trainer)
+        total = hp.epoch_length if hp.epoch_length is not None else count_questions(urls)
+        workers = max(1, hp.num_workers)
+        # per worker: a whole number of batches, identical on every rank
+        per_worker = max(1, math.ceil(total / (world * workers * hp.batch_size))) * hp.batch_size
+        pipeline = wds.DataPipeline(
+            wds.ResampledShards(urls, seed=hp.seed, worker_seed=WorkerSeed(rank), deterministic=True),
+            wds.tarfile_to_samples(handler=log_and_continue),
+            wds.detshuffle(hp.shuffle_buffer, initial=min(hp.shuffle_buffer, 16), seed=hp.seed),
+            self._decoder("train"),
+        )
+        return pipeline.with_epoch(per_worker).with_length(per_worker * workers, silent=True)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_dataset())
+
+    def _eval(self, split: str, shards, limit: int | None = None) -> DataLoader | list:
+        if shards is None:
+            return []
+        rank, world = rank_and_world(self.trainer)
+        return self._loader(EvalStream(expand_shards(shards), self._decoder(split), limit, rank, world))
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self._eval("val", self.hparams.val_shards, self.hparams.val_limit)
+
+    def test_dataloader(self) -> DataLoader | list:
+        return self._eval("test", self.hparams.test_shards)

@@ -1,0 +1,51 @@
+"""The one in-memory record every layer above the data layer consumes: a video question with its clips.
+
+`VideoQA` holds one (video, question) pair after decoding: the question, its option texts, the gold letter,
+the frames of each clip (never the whole video at once) and, when the shard carries them, oracle or teacher
+memories M_1..M_T for the SFT cold start. It deliberately holds no tokens and no model inputs: the model
+layer turns frames into patches and text into ids.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+LETTERS = "ABCDE"
+
+
+@dataclass
+class VideoQA:
+    """One multiple-choice question about one video, split in T clips.
+
+    Attributes:
+        video_id: Source video id (unique within a dataset).
+        qid: Question id (unique within a dataset).
+        question: Question text, without options.
+        options: Option texts WITHOUT letter prefixes, 2..5 entries; option i has letter LETTERS[i].
+        answer: Gold letter ("A".."E"), or None when unknown (unlabelled benchmark splits).
+        category: Question family / first benchmark category.
+        clips: T uint8 tensors [F, H, W, 3]; clip t holds clip t's frames only.
+        spans: (start_s, end_s) of each clip in the source video.
+        memories: Oracle / teacher memories M_1..M_T, if the shard has them.
+        categories: All categories (LVBench questions are multi-label).
+        meta: Everything else (duration group, source, per-benchmark keys, ...).
+    """
+
+    video_id: str
+    qid: str
+    question: str
+    options: list[str]
+    answer: str | None
+    category: str
+    clips: list[torch.Tensor]
+    spans: list[tuple[float, float]]
+    memories: list[str] | None = None
+    categories: list[str] = field(default_factory=list)
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def num_clips(self) -> int:
+        """Number of clips T."""
+        return len(self.clips)

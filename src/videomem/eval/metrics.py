@@ -1,0 +1,190 @@
+"""Running evaluation metrics of the clip-by-clip memory loop, as one torchmetrics ``Metric``.
+
+Per question the loop gives T provisional answers a_1..a_T (method.md section 1); the prediction is
+a_T. ``MemoryQAMetrics`` accumulates, with sum states that torchmetrics all-reduces under DDP:
+
+- ``accuracy``: a_T == gold;
+- ``seg_accuracy``: accuracy of a_t for t = 1..T ("Seg1-N accuracy", paper Table 4);
+- ``per_category``: accuracy per category, a question counting in EACH of its categories (LVBench is
+  multi-label);
+- ``parse_failure_rate``: a_T unparsable (None);
+- ``format_valid_rate`` and ``mean_memory_tokens``: over all steps of all questions.
+
+An unparsable answer is wrong, never replaced by a random option; a question without a gold letter
+(MLVU's unanswerable items) is always wrong. Benchmark-specific official aggregates (per duration, MLVU's
+macro average, ...) are not computed here: see ``videomem.eval.benchmarks``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.distributed as dist
+from torchmetrics import Metric
+
+
+def _rate(num: torch.Tensor, den: torch.Tensor) -> float:
+    """``num / den`` as a float, NaN when ``den`` is 0."""
+    return num.item() / den.item() if den.item() > 0 else math.nan
+
+
+class MemoryQAMetrics(Metric):
+    """Accuracy of the final and provisional answers, per-category accuracy and output statistics.
+
+    Args:
+        num_clips: T, the number of clips (answers) per question; every update must give exactly T.
+        categories: The categories to report, fixed up front: their counts are tensor sum states, so they
+            synchronise under DDP like the rest; a question's categories outside this list are ignored.
+            None: categories are discovered as they come (kept in a Python dict that ``compute`` merges
+            across processes with ``all_gather_object``).
+        **kwargs: Passed to ``torchmetrics.Metric``.
+
+    Use ``update`` then ``compute``; ``forward`` only accumulates and returns None (per-batch values of a
+    dict-valued metric are not useful here).
+    """
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+
+    def __init__(self, num_clips: int, categories: list[str] | None = None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        if num_clips < 1:
+            raise ValueError(f"num_clips must be >= 1, got {num_clips}")
+        self.num_clips = num_clips
+        self.categories = list(categories) if categories is not None else None
+        long = torch.long
+        self.add_state("n", torch.tensor(0, dtype=long), dist_reduce_fx="sum")
+        self.add_state("seg_correct", torch.zeros(num_clips, dtype=long), dist_reduce_fx="sum")  # [T]
+        self.add_state("parse_failures", torch.tensor(0, dtype=long), dist_reduce_fx="sum")
+        self.add_state("steps", torch.tensor(0, dtype=long), dist_reduce_fx="sum")
+        self.add_state("format_valid", torch.tensor(0, dtype=long), dist_reduce_fx="sum")
+        self.add_state("memory_tokens", torch.tensor(0, dtype=long), dist_reduce_fx="sum")
+        if self.categories is not None:
+            c = len(self.categories)
+            self.add_state("cat_correct", torch.zeros(c, dtype=long), dist_reduce_fx="sum")  # [C]
+            self.add_state("cat_total", torch.zeros(c, dtype=long), dist_reduce_fx="sum")  # [C]
+        self._dynamic: dict[str, list[int]] = {}  # category -> [correct, total], when categories is None
+
+    def update(
+        self,
+        step_answers: Sequence[Sequence[str | None]],
+        gold: Sequence[str | None],
+        categories: Sequence[Sequence[str]],
+        format_ok: Sequence[Sequence[bool]],
+        memory_tokens: Sequence[Sequence[int]],
+    ) -> None:
+        """Add a batch of questions.
+
+        Args:
+            step_answers: Per question, the parsed answers a_1..a_T (None where unparsable).
+            gold: Per question, the gold letter (None: unanswerable, always wrong).
+            categories: Per question, all its categories.
+            format_ok: Per question, the format flag of each of the T steps.
+            memory_tokens: Per question, the memory length in tokens after each of the T steps.
+
+        Raises:
+            ValueError: Lists of different lengths, or a question without exactly T steps.
+        """
+        b = len(step_answers)
+        if not (len(gold) == len(categories) == len(format_ok) == len(memory_tokens) == b):
+            raise ValueError(
+                "step_answers, gold, categories, format_ok and memory_tokens must have one entry per question"
+            )
+        for per_step in (*step_answers, *format_ok, *memory_tokens):
+            if len(per_step) != self.num_clips:
+                raise ValueError(
+                    f"every question needs exactly num_clips={self.num_clips} steps, got {len(per_step)}"
+                )
+        hits = torch.tensor(
+            [
+                [a is not None and g is not None and a == g for a in answers]
+                for answers, g in zip(step_answers, gold)
+            ],
+            dtype=torch.long,
+        ).reshape(b, self.num_clips)  # [B, T]
+        device = self.seg_correct.device
+        self.n += b
+        self.seg_correct += hits.sum(0).to(device)  # [T]
+        self.parse_failures += sum(answers[-1] is None for answers in step_answers)
+        self.steps += b * self.num_clips
+        self.format_valid += sum(bool(f) for flags in format_ok for f in flags)
+        self.memory_tokens += sum(int(m) for lengths in memory_tokens for m in lengths)
+        final = hits[:, -1].tolist()  # [B]
+        if self.categories is not None:
+            index = {c: i for i, c in enumerate(self.categories)}
+            correct = torch.zeros(len(self.categories), dtype=torch.long)  # [C]
+            total = torch.zeros(len(self.categories), dtype=torch.long)  # [C]
+            for hit, cats in zip(final, categories):
+                for c in set(cats) & index.keys():
+                    total[index[c]] += 1
+                    correct[index[c]] += hit
+            self.cat_correct += correct.to(device)
+            self.cat_total += total.to(device)
+        else:
+            for hit, cats in zip(final, categories):
+                for c in set(cats):
+                    counts = self._dynamic.setdefault(c, [0, 0])
+                    counts[0] += hit
+                    counts[1] += 1
+
+    def _dynamic_counts(self) -> dict[str, list[int]]:
+        """The discovered categories' counts, summed over all processes when distributed."""
+        if not (
+            dist.is_available() and dist.is_initialized() and dist.get_world_size(self.process_group) > 1
+        ):
+            return self._dynamic
+        gathered: list[dict[str, list[int]] | None] = [None] * dist.get_world_size(self.process_group)
+        dist.all_gather_object(gathered, self._dynamic, group=self.process_group)
+        merged: dict[str, list[int]] = {}
+        for part in gathered:
+            for c, (k, n) in (part or {}).items():
+                counts = merged.setdefault(c, [0, 0])
+                counts[0] += k
+                counts[1] += n
+        return merged
+
+    def compute(self) -> dict:
+        """The accumulated figures (see the module docstring); rates are NaN when nothing was counted.
+
+        Returns:
+            ``{"n", "accuracy", "seg_accuracy" (list of T), "per_category" ({category: accuracy}, sorted
+            by name when discovered), "parse_failure_rate", "format_valid_rate", "mean_memory_tokens"}``.
+        """
+        seg = [_rate(k, self.n) for k in self.seg_correct]
+        if self.categories is not None:
+            per_category = {
+                c: _rate(k, t) for c, k, t in zip(self.categories, self.cat_correct, self.cat_total)
+            }
+        else:
+            counts = self._dynamic_counts()
+            per_category = {c: counts[c][0] / counts[c][1] for c in sorted(counts)}
+        return {
+            "n": int(self.n.item()),
+            "accuracy": seg[-1],
+            "seg_accuracy": seg,
+            "per_category": per_category,
+            "parse_failure_rate": _rate(self.parse_failures, self.n),
+            "format_valid_rate": _rate(self.format_valid, self.steps),
+            "mean_memory_tokens": _rate(self.memory_tokens, self.steps),
+        }
+
+    def forward(self, *args, **kwargs) -> None:
+        """Accumulate like ``update`` (torchmetrics' per-batch forward would reset the discovered categories)."""
+        self.update(*args, **kwargs)
+
+    def reset(self) -> None:
+        """Reset the tensor states and the discovered categories."""
+        super().reset()
+        self._dynamic = {}
+
+    def merge_state(self, incoming_state: dict | Metric) -> None:
+        """Add another instance's (or state dict's) counts, discovered categories included."""
+        super().merge_state(incoming_state)
+        if isinstance(incoming_state, MemoryQAMetrics):
+            for c, (k, n) in incoming_state._dynamic.items():
+                counts = self._dynamic.setdefault(c, [0, 0])
+                counts[0] += k
+                counts[1] += n

@@ -1,0 +1,160 @@
+"""The clip-by-clip memory loop (method.md section 1), shared by inference, evaluation and RL.
+
+For each (video, question) the carried memory starts empty; at clip t the policy sees the question,
+the memory M_{t-1} and the frames of clip t only, and writes ``<memory>M_t</memory><answer>a_t</answer>``.
+M_t replaces M_{t-1}; a step without a valid memory block keeps M_{t-1} (method.md DECISION 6).
+
+``generate_step`` is the engine: messages + frames -> G sampled texts per prompt, through
+``Policy.generate`` (one prefill per prompt, the KV cache shared by the G samples). It knows nothing
+of rewards, advantages or optimisers: PRPO drives it from ``videomem.rl``/``videomem.train``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from videomem.data.types import VideoQA
+from videomem.memory.prompt import SYSTEM_PROMPT, ParsedOutput, build_messages, parse_output
+
+
+@dataclass
+class GenerationConfig:
+    """Decoding settings of one clip step."""
+
+    max_new_tokens: int = 64
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+
+
+@dataclass
+class StepRecord:
+    """One clip step of one question.
+
+    Attributes:
+        memory_in: Memory M_{t-1} shown in the prompt.
+        output: Generated text.
+        parsed: ``parse_output(output)``.
+        memory_out: Memory carried to the next clip (M_t, or M_{t-1} when the output had none).
+        memory_tokens: Length of ``memory_out`` in policy tokens (method.md section 1.7).
+    """
+
+    memory_in: str
+    output: str
+    parsed: ParsedOutput
+    memory_out: str
+    memory_tokens: int
+
+
+@dataclass
+class LoopResult:
+    """The whole loop of one question: one ``StepRecord`` per clip."""
+
+    qa: VideoQA
+    steps: list[StepRecord] = field(default_factory=list)
+
+    @property
+    def answers(self) -> list[str | None]:
+        """Provisional answers a_1..a_T (None where unparsable)."""
+        return [s.parsed.answer for s in self.steps]
+
+    @property
+    def prediction(self) -> str | None:
+        """The final answer a_T."""
+        return self.steps[-1].parsed.answer if self.steps else None
+
+
+def step_messages(qa: VideoQA, clip_index: int, memory: str, system_prompt: str = SYSTEM_PROMPT) -> list[dict]:
+    """Chat messages for clip ``clip_index`` of ``qa`` with carried ``memory``."""
+    span = qa.spans[clip_index] if qa.spans else None
+    return build_messages(qa.question, qa.options, memory, clip_index, qa.num_clips, span, system_prompt)
+
+
+def generate_step(
+    policy,
+    qas: list[VideoQA],
+    clip_index: int,
+    memories: list[str],
+    gen: GenerationConfig,
+    *,
+    num_samples: int = 1,
+    generator: torch.Generator | None = None,
+    system_prompt: str = SYSTEM_PROMPT,
+) -> list[list[str]]:
+    """Sample ``num_samples`` outputs for clip ``clip_index`` of every question.
+
+    Args:
+        policy: A ``videomem.model.policy.Policy``.
+        qas: Questions, one prompt each.
+        clip_index: 0-based clip to show; only that clip's frames enter the prompt.
+        memories: Memory M_{t-1} per question.
+        gen: Decoding settings.
+        num_samples: G outputs per prompt, decoded from one shared prefill.
+        generator: Seeded RNG for sampling.
+        system_prompt: Instruction text.
+
+    Returns:
+        ``[len(qas)][num_samples]`` decoded completions.
+    """
+    messages = [step_messages(qa, clip_index, m, system_prompt) for qa, m in zip(qas, memories)]
+    videos = [qa.clips[clip_index] for qa in qas]
+    inputs = policy.build_inputs(messages, videos).to(policy.model.device)
+    ids = policy.generate(
+        inputs,
+        num_samples=num_samples,
+        max_new_tokens=gen.max_new_tokens,
+        do_sample=gen.do_sample,
+        temperature=gen.temperature,
+        top_p=gen.top_p,
+        generator=generator,
+    )
+    return [[policy.decode(s) for s in row] for row in ids]
+
+
+def advance(policy, memory_in: str, output: str, num_options: int) -> StepRecord:
+    """Parse one output and decide the memory to carry (fallback: keep ``memory_in``)."""
+    parsed = parse_output(output, num_options)
+    memory_out = parsed.memory if parsed.memory is not None else memory_in
+    return StepRecord(memory_in, output, parsed, memory_out, policy.count_tokens(memory_out))
+
+
+@torch.inference_mode()
+def run_memory_loop(
+    policy,
+    qas: list[VideoQA],
+    gen: GenerationConfig | None = None,
+    *,
+    memory_off: bool = False,
+    generator: torch.Generator | None = None,
+    system_prompt: str = SYSTEM_PROMPT,
+) -> list[LoopResult]:
+    """Run the sequential loop over a batch of questions (videos may differ in clip count).
+
+    Args:
+        policy: The policy.
+        qas: Questions with their clips.
+        gen: Decoding settings (greedy by default).
+        memory_off: Control: every carried memory is replaced by empty text, so the policy sees
+            only the current clip. Accuracy that survives this does not come from the memory.
+        generator: RNG when sampling.
+        system_prompt: Instruction text.
+
+    Returns:
+        One ``LoopResult`` per question, in order.
+    """
+    gen = gen or GenerationConfig()
+    results = [LoopResult(qa) for qa in qas]
+    memories = ["" for _ in qas]
+    for t in range(max((qa.num_clips for qa in qas), default=0)):
+        active = [i for i, qa in enumerate(qas) if t < qa.num_clips]
+        shown = ["" if memory_off else memories[i] for i in active]
+        outputs = generate_step(
+            policy, [qas[i] for i in active], t, shown, gen, generator=generator, system_prompt=system_prompt
+        )
+        for i, mem_in, outs in zip(active, shown, outputs):
+            record = advance(policy, mem_in, outs[0], len(qas[i].options))
+            results[i].steps.append(record)
+            memories[i] = record.memory_out
+    return results

@@ -1,0 +1,34 @@
+"""Entry point of PRPO: ``python -m videomem.run_prpo [hydra overrides]`` (``make prpo``).
+
+``prpo=false`` ("cold start only", paper Table 5) trains nothing: the initial policy (the SFT
+checkpoint) is saved as this stage's result, so the evaluation and ablation plumbing stay the same.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from videomem import CONFIG_DIR
+from videomem.train.callbacks import point_latest
+from videomem.train.runner import train
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="prpo")
+def main(cfg: DictConfig) -> float | None:
+    if not cfg.prpo:
+        module = hydra.utils.instantiate(cfg.module)
+        module.configure_model()
+        out = Path(cfg.callbacks.save_policy.dirpath)
+        module.policy.save_pretrained(out)
+        point_latest(out.resolve(), Path(cfg.callbacks.save_policy.latest))
+        print(f"prpo=false: saved the initial policy to {out}")
+        return None
+    metrics = train(cfg)
+    return metrics.get(cfg.get("optimized_metric", ""))
+
+
+if __name__ == "__main__":
+    main()

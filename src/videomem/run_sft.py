@@ -1,0 +1,19 @@
+"""Entry point of the cold start: ``python -m videomem.run_sft [hydra overrides]`` (``make sft``)."""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from videomem import CONFIG_DIR
+from videomem.train.runner import train
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="sft")
+def main(cfg: DictConfig) -> float | None:
+    metrics = train(cfg)
+    return metrics.get(cfg.get("optimized_metric", ""))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,230 @@
+"""PRPO (method.md section 3): GRPO-style RL with PSP rollouts and TCR rewards, manual optimisation.
+
+One training step = one batch of questions:
+  1. rollout (no grad, eval mode): ``videomem.rl.rollout.prpo_rollout`` -> T*G samples per example
+     with their group advantages, the PSP tree for inspection;
+  2. update (train mode): micro-batches of (prompt_t, O_i, A_i); hidden states -> clipped surrogate
+     through Liger's fused linear GRPO loss (or the plain-torch reference), normalised by the
+     response-token count of the GLOBAL batch; ``manual_backward``, ``clip_gradients``, ``step``.
+Samples with zero advantage add nothing to the loss or gradient when there is no KL term, so they
+are skipped in the update (their tokens still count in the normaliser). Under DDP every rank runs
+the same number of micro-batches (padding with zero-weight ones), so gradient syncs line up.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+import torch.distributed as dist
+from lightning import LightningModule
+
+from videomem.data.types import VideoQA
+from videomem.memory.loop import GenerationConfig
+from videomem.rl.loss import fused_grpo_loss, naive_grpo_loss
+from videomem.rl.rollout import RewardConfig, RolloutConfig, RolloutSample, prpo_rollout
+from videomem.train.validation import LoopValidation
+
+
+def _dist() -> tuple[int, bool]:
+    on = dist.is_available() and dist.is_initialized()
+    return (dist.get_world_size() if on else 1), on
+
+
+class PRPOModule(LightningModule):
+    """PRPO on a Qwen-VL policy.
+
+    Args:
+        policy: Factory returning a ``Policy`` (called with ``path=init_from`` when ``cold_start``).
+        optimizer: Partial optimizer.
+        scheduler: Partial LR scheduler (stepped every optimizer step) or None.
+        rollout: ``RolloutConfig`` fields (G, K, psp, tau schedule, sampling).
+        reward: ``RewardConfig`` fields (alpha, beta, L_max, tcr, memory_penalty, schedule).
+        init_from: SFT checkpoint dir to start from.
+        cold_start: False starts from ``policy()`` as configured (base or tiny random) instead.
+        eps_low: Lower clip of the ratio.
+        eps_high: Upper clip of the ratio.
+        kl_coef: KL to the reference policy (0: no reference model is loaded).
+        epochs: Optimisation passes over each rollout batch.
+        micro_batch_size: Samples per forward/backward.
+        use_liger: Liger fused linear GRPO loss (else the plain-torch reference).
+        liger_chunk_size: Sequences per Liger chunk.
+        skip_zero_advantage: Skip zero-advantage samples in the update when kl_coef == 0.
+        seed: Seed of the rollout RNG.
+        val_generation: Decoding of the validation loop.
+        log_trees: Rollout trees logged as text every this many steps (0: never).
+    """
+
+    def __init__(
+        self,
+        policy: Callable,
+        optimizer: Callable,
+        scheduler: Callable | None = None,
+        rollout: dict | None = None,
+        reward: dict | None = None,
+        init_from: str | None = None,
+        cold_start: bool = True,
+        eps_low: float = 0.2,
+        eps_high: float = 0.28,
+        kl_coef: float = 0.0,
+        epochs: int = 1,
+        micro_batch_size: int = 16,
+        use_liger: bool = True,
+        liger_chunk_size: int = 1,
+        skip_zero_advantage: bool = True,
+        seed: int = 0,
+        val_generation: dict | None = None,
+        val_text_samples: int = 4,
+        log_trees: int = 25,
+    ) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.policy_factory = policy
+        self.policy = None
+        self.ref_policy = None
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.rollout_cfg = RolloutConfig(**(rollout or {}))
+        self.reward_cfg = RewardConfig(**(reward or {}))
+        self.init_from = init_from
+        self.cold_start = cold_start
+        self.eps_low, self.eps_high, self.kl_coef = eps_low, eps_high, kl_coef
+        self.epochs = epochs
+        self.micro_batch_size = micro_batch_size
+        self.use_liger = use_liger
+        self.liger_chunk_size = liger_chunk_size
+        self.skip_zero_advantage = skip_zero_advantage
+        self.seed = seed
+        self.validation = LoopValidation(GenerationConfig(**(val_generation or {})), val_text_samples)
+        self.log_trees = log_trees
+        self._generator: torch.Generator | None = None
+
+    def build_policy(self):
+        if self.cold_start and self.init_from:
+            return self.policy_factory(path=self.init_from)
+        return self.policy_factory()
+
+    def configure_model(self) -> None:
+        if self.policy is None:
+            self.policy = self.build_policy().train()
+        if self.kl_coef and self.ref_policy is None:
+            self.ref_policy = self.build_policy().eval().requires_grad_(False)
+
+    # ---- rollout -------------------------------------------------------------------------------
+    def rollout(self, batch: list[VideoQA]):
+        if self._generator is None:
+            rank = self.global_rank
+            self._generator = torch.Generator(device="cpu").manual_seed(self.seed * 1000 + rank)
+        was_training = self.policy.training
+        self.policy.eval()
+        try:
+            return prpo_rollout(
+                self.policy, batch, self.rollout_cfg, self.reward_cfg, generator=self._generator,
+                train_step=self.global_step,
+            )
+        finally:
+            self.policy.train(was_training)
+
+    # ---- update --------------------------------------------------------------------------------
+    def _micro_loss(self, samples: list[RolloutSample], num_tokens: float, weight: float) -> tuple[torch.Tensor, dict]:
+        inputs = self.policy.build_inputs(
+            [s.messages for s in samples], [s.video for s in samples], completions=[s.completion for s in samples]
+        ).to(self.device)
+        hidden = self.policy.hidden_states(inputs)[:, :-1]  # [B, L-1, H] predicts tokens 1..L-1
+        targets = inputs.input_ids[:, 1:]  # [B, L-1]
+        mask = (inputs.labels[:, 1:] != -100).float()  # [B, L-1]
+        adv = torch.tensor([s.advantage for s in samples], dtype=hidden.dtype, device=self.device)  # [B]
+        ref = None
+        if self.kl_coef:
+            with torch.no_grad():
+                ref_hidden = self.ref_policy.hidden_states(inputs)[:, :-1]
+                ref_logits = ref_hidden @ self.ref_policy.lm_head_weight.T
+                ref = torch.log_softmax(ref_logits.float() / self.rollout_cfg.temperature, -1)
+                ref = ref.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # [B, L-1]
+        kwargs = dict(
+            ref_logprobs=ref, eps_low=self.eps_low, eps_high=self.eps_high, kl_coef=self.kl_coef,
+            temperature=self.rollout_cfg.temperature, num_tokens=num_tokens,
+        )
+        if self.use_liger:
+            loss, stats = fused_grpo_loss(
+                hidden, self.policy.lm_head_weight, targets, mask, adv, chunk_size=self.liger_chunk_size, **kwargs
+            )
+        else:
+            loss, stats = naive_grpo_loss(hidden, self.policy.lm_head_weight, targets, mask, adv, **kwargs)
+        return loss * weight, stats
+
+    def training_step(self, batch: list[VideoQA], batch_idx: int) -> None:
+        opt = self.optimizers()
+        sched = self.lr_schedulers()
+        t0 = time.perf_counter()
+        rollout = self.rollout(batch)
+        t_rollout = time.perf_counter() - t0
+
+        samples = rollout.samples
+        tokens = [self.policy.count_tokens(s.completion) + 1 for s in samples]  # + <|im_end|>
+        world, distributed = _dist()
+        stats_t = torch.tensor([float(sum(tokens)), 0.0], device=self.device)
+        if self.skip_zero_advantage and not self.kl_coef:
+            samples = [s for s in samples if s.advantage != 0.0]
+        chunks = [samples[i : i + self.micro_batch_size] for i in range(0, len(samples), self.micro_batch_size)]
+        stats_t[1] = len(chunks)
+        if distributed:  # global token count and equal micro-batch counts, once per step (not per call)
+            sums = stats_t[:1].clone()
+            dist.all_reduce(sums)
+            maxes = stats_t[1:].clone()
+            dist.all_reduce(maxes, op=dist.ReduceOp.MAX)
+            stats_t = torch.cat([sums, maxes])
+        num_tokens, n_chunks = float(stats_t[0]), int(stats_t[1])
+
+        t1 = time.perf_counter()
+        loss_sum, clip_sum, kl_sum = 0.0, 0.0, 0.0
+        for _ in range(self.epochs):
+            for c in range(n_chunks):
+                real = c < len(chunks)
+                micro = chunks[c] if real else rollout.samples[:1]  # zero-weight padding under DDP
+                if not micro:
+                    continue
+                loss, stats = self._micro_loss(micro, num_tokens, weight=float(world) if real else 0.0)
+                self.manual_backward(loss)
+                loss_sum += float(loss.detach()) / world
+                clip_sum += float(stats["clip_fraction"]) * len(micro)
+                kl_sum += float(stats.get("kl", torch.tensor(0.0))) * len(micro)
+            self.clip_gradients(opt, gradient_clip_val=1.0, gradient_clip_algorithm="norm")
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        if sched is not None:
+            sched.step()
+        t_update = time.perf_counter() - t1
+
+        n_upd = max(1, sum(len(c) for c in chunks) * self.epochs)
+        metrics = {f"rollout/{k}": v for k, v in rollout.stats.items()}
+        metrics.update({
+            "train/loss": loss_sum,
+            "train/clip_fraction": clip_sum / n_upd,
+            "train/kl": kl_sum / n_upd,
+            "train/update_samples": float(sum(len(c) for c in chunks)),
+            "train/response_tokens": num_tokens,
+            "time/rollout_s": t_rollout,
+            "time/update_s": t_update,
+        })
+        self.log_dict(metrics, batch_size=len(batch))
+        self.log("reward", rollout.stats.get("reward/total", 0.0), prog_bar=True, batch_size=len(batch), logger=False)
+        if self.log_trees and batch_idx % self.log_trees == 0:
+            experiment = getattr(self.logger, "experiment", None)
+            if hasattr(experiment, "add_text"):
+                text = rollout.tree.to_text()
+                experiment.add_text("rollout/tree", f"```\n{text[:20000]}\n```", self.global_step)
+
+    # ---- validation ----------------------------------------------------------------------------
+    def validation_step(self, batch: list[VideoQA], batch_idx: int) -> None:
+        self.validation.step(self, batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self.validation.epoch_end(self, prefix="val")
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(params=[p for p in self.policy.parameters() if p.requires_grad])
+        if self.scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer=optimizer)}}

@@ -1,0 +1,172 @@
+"""datamodule.py: batches of VideoQA, equal epochs, each eval question exactly once over workers, corrupt skip."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+import torch
+
+from videomem.data.datamodule import (
+    EvalStream,
+    VideoQADataModule,
+    WorkerSeed,
+    count_questions,
+    rank_and_world,
+)
+from videomem.data.shards import (
+    VideoQADecoder,
+    VideoSample,
+    expand_shards,
+    iter_samples,
+    read_meta,
+    write_shards,
+)
+from videomem.data.synthetic import generate_dataset
+from videomem.data.types import VideoQA
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    """train: 12 videos in 3 shards; val: 6 videos in 1 shard (fewer shards than workers)."""
+    root = tmp_path_factory.mktemp("dm")
+    generate_dataset(root, splits={"train": 12, "val": 6}, num_clips=2, seed=0, workers=1, max_per_shard=4)
+    return root
+
+
+def _qids(loader) -> list[str]:
+    out = []
+    for batch in loader:
+        assert isinstance(batch, list) and all(isinstance(q, VideoQA) for q in batch)
+        out += [q.qid for q in batch]
+    return out
+
+
+def test_train_batches_are_lists_of_videoqa_with_resized_frames(shards):
+    dm = VideoQADataModule(
+        train_shards=str(shards / "train"),
+        batch_size=4,
+        frames_per_clip=4,
+        frame_size=[28, 56],
+        backend="decord",
+        shuffle_buffer=8,
+        epoch_length=10,
+    )
+    loader = dm.train_dataloader()
+    batches = list(loader)
+    assert len(loader) == len(batches) == 3  # ceil(10 / 4) batches, all full: an epoch is whole batches
+    assert all(len(b) == 4 for b in batches)
+    qa = batches[0][0]
+    assert qa.num_clips == 2 and qa.memories is not None and len(qa.memories) == 2
+    assert all(c.dtype == torch.uint8 and tuple(c.shape) == (4, 28, 56, 3) for c in qa.clips)
+    assert qa.answer in "ABCD" and len(qa.options) == 4
+
+
+def test_two_workers_equal_epochs_distinct_streams(shards):
+    dm = VideoQADataModule(
+        train_shards=str(shards / "train"),
+        batch_size=4,
+        num_workers=2,
+        frames_per_clip=2,
+        frame_size=None,
+        backend="pyav",
+        shuffle_buffer=8,
+        epoch_length=16,
+    )
+    loader = dm.train_dataloader()
+    epoch1 = [[q.qid for q in b] for b in loader]
+    epoch2 = [[q.qid for q in b] for b in loader]
+    assert len(loader) == len(epoch1) == len(epoch2) == 4  # 16 / 4, each of the 2 workers gives 2 batches
+    assert all(len(b) == 4 for b in epoch1 + epoch2)
+    assert epoch1[0] != epoch1[1]  # batches 0 and 1 come from different workers: different seeds
+    assert epoch1 != epoch2  # persistent workers move on to the next resampling epoch
+
+
+def test_train_stream_is_seeded(shards):
+    def first_epoch(seed):
+        dm = VideoQADataModule(
+            train_shards=str(shards / "train"),
+            batch_size=3,
+            frames_per_clip=2,
+            frame_size=None,
+            backend="pyav",
+            shuffle_buffer=8,
+            seed=seed,
+            epoch_length=9,
+        )
+        return _qids(dm.train_dataloader())
+
+    assert first_epoch(0) == first_epoch(0)
+    assert first_epoch(0) != first_epoch(1)
+
+
+def test_default_epoch_is_all_training_questions(shards):
+    urls = expand_shards(str(shards / "train"))
+    assert count_questions(urls) == 36  # 12 videos x 3 families
+    dm = VideoQADataModule(train_shards=urls, batch_size=5, frames_per_clip=2, frame_size=None)
+    assert len(dm.train_dataset()) == 40  # rounded up to whole batches
+
+
+@pytest.mark.parametrize("split,workers", [("val", 2), ("train", 2), ("train", 0)])
+def test_eval_split_yields_each_question_once(shards, split, workers):
+    """1 shard over 2 workers (per-video split) and 3 shards over 2 workers (shard split)."""
+    dm = VideoQADataModule(
+        val_shards=str(shards / split),
+        batch_size=4,
+        num_workers=workers,
+        frames_per_clip=2,
+        frame_size=[32, 32],
+        backend="decord",
+    )
+    qids = _qids(dm.val_dataloader())
+    n_videos = 6 if split == "val" else 12
+    assert len(qids) == 3 * n_videos and len(set(qids)) == len(qids)
+
+
+def test_val_limit_keeps_first_questions_in_shard_order(shards):
+    dm = VideoQADataModule(
+        val_shards=str(shards / "val"),
+        batch_size=4,
+        num_workers=2,
+        frames_per_clip=2,
+        frame_size=None,
+        backend="pyav",
+        val_limit=7,
+    )
+    qids = _qids(dm.val_dataloader())
+    order = [f"synth-val-{v:06d}-{f}" for v in range(6) for f in ("count", "first", "shape")]
+    assert sorted(qids) == sorted(order[:7])
+
+
+@pytest.mark.parametrize("split", ["val", "train"])
+def test_two_ranks_split_without_overlap(shards, split):
+    """Two DDP ranks x one worker: per-video split (1 shard) and shard split (3 shards)."""
+    urls = expand_shards(str(shards / split))
+    seen = Counter()
+    for rank in range(2):
+        decoder = VideoQADecoder(frames_per_clip=2, frame_size=None, backend="pyav")
+        seen.update(q.video_id for q in EvalStream(urls, decoder, rank=rank, world=2))
+    assert len(seen) == (6 if split == "val" else 12) and set(seen.values()) == {3}
+
+
+def test_rank_comes_from_the_environment_without_trainer(monkeypatch):
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert rank_and_world() == (1, 4)
+    assert WorkerSeed(3)() == 3000  # rank 3, main process = worker 0
+
+
+def test_corrupt_video_is_skipped_and_counted(shards, tmp_path, caplog):
+    samples = list(iter_samples(str(shards / "val")))
+    videos = []
+    for i, s in enumerate(samples[:3]):
+        meta = read_meta(s)
+        clips = [s["000.mp4"], b"\x00garbage" if i == 1 else s["001.mp4"]]
+        videos.append(VideoSample(meta["video_id"], clips, meta))
+    write_shards(videos, tmp_path)
+    dm = VideoQADataModule(
+        val_shards=str(tmp_path), batch_size=2, frames_per_clip=2, frame_size=None, backend="decord"
+    )
+    qids = _qids(dm.val_dataloader())
+    assert len(qids) == 6 and not any("000001" in q for q in qids)
+    assert dm.skipped == 1 and "skipping video" in caplog.text

@@ -1,0 +1,121 @@
+"""MemoryQAMetrics on hand-built predictions with worked numbers."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from videomem.eval.metrics import MemoryQAMetrics
+
+# Three questions, T = 3 clips.
+#   q1 gold A: a = B, A, A        cats x, z   format T T T   memory 10 20 30
+#   q2 gold C: a = C, C, None     cats x, y   format T T F   memory  5  5  5
+#   q3 gold B: a = None, B, B     cats y      format F T T   memory  0 12 18
+BATCH1 = dict(
+    step_answers=[["B", "A", "A"], ["C", "C", None]],
+    gold=["A", "C"],
+    categories=[["x", "z"], ["x", "y"]],
+    format_ok=[[True, True, True], [True, True, False]],
+    memory_tokens=[[10, 20, 30], [5, 5, 5]],
+)
+BATCH2 = dict(
+    step_answers=[[None, "B", "B"]],
+    gold=["B"],
+    categories=[["y"]],
+    format_ok=[[False, True, True]],
+    memory_tokens=[[0, 12, 18]],
+)
+
+
+def _check_worked_numbers(out: dict) -> None:
+    assert out["n"] == 3
+    assert out["accuracy"] == pytest.approx(2 / 3)  # q1 right, q2 unparsable (wrong), q3 right
+    assert out["seg_accuracy"] == pytest.approx([1 / 3, 1.0, 2 / 3])
+    assert out["per_category"]["x"] == pytest.approx(0.5)  # q1 right, q2 wrong
+    assert out["per_category"]["y"] == pytest.approx(0.5)  # q2 wrong, q3 right
+    assert out["per_category"]["z"] == pytest.approx(1.0)
+    assert out["parse_failure_rate"] == pytest.approx(1 / 3)
+    assert out["format_valid_rate"] == pytest.approx(7 / 9)
+    assert out["mean_memory_tokens"] == pytest.approx(105 / 9)
+
+
+@pytest.mark.parametrize("categories", [["x", "y", "z"], None])
+def test_worked_numbers_over_two_updates(categories):
+    m = MemoryQAMetrics(num_clips=3, categories=categories)
+    m.update(**BATCH1)
+    m.update(**BATCH2)
+    _check_worked_numbers(m.compute())
+
+
+def test_fixed_categories_report_unseen_as_nan_and_ignore_unknown():
+    m = MemoryQAMetrics(num_clips=3, categories=["x", "w"])
+    m.update(**BATCH1)
+    out = m.compute()
+    assert list(out["per_category"]) == ["x", "w"]
+    assert out["per_category"]["x"] == 0.5 and math.isnan(out["per_category"]["w"])
+
+
+@pytest.mark.filterwarnings("ignore:The ``compute`` method")
+def test_reset_and_merge_state_match_one_pass():
+    for categories in (["x", "y", "z"], None):
+        a, b = MemoryQAMetrics(3, categories), MemoryQAMetrics(3, categories)
+        a.update(**BATCH1)
+        b.update(**BATCH2)
+        a.merge_state(b)  # the same sums DDP's all-reduce performs
+        _check_worked_numbers(a.compute())
+        a.reset()
+        out = a.compute()
+        assert out["n"] == 0 and math.isnan(out["accuracy"])
+        assert all(math.isnan(v) for v in out["per_category"].values())
+        assert categories is not None or out["per_category"] == {}
+
+
+def test_forward_accumulates_and_keeps_discovered_categories():
+    m = MemoryQAMetrics(num_clips=3)
+    m(**BATCH1)
+    m(**BATCH2)
+    _check_worked_numbers(m.compute())
+
+
+def test_unanswerable_gold_is_never_right_and_shapes_are_checked():
+    m = MemoryQAMetrics(num_clips=1)
+    m.update([[None]], [None], [["c"]], [[False]], [[0]])  # None == None must not count as right
+    assert m.compute()["accuracy"] == 0.0
+    with pytest.raises(ValueError, match="num_clips"):
+        m.update([["A", "B"]], ["A"], [["c"]], [[True, True]], [[1, 1]])
+    with pytest.raises(ValueError, match="one entry per question"):
+        m.update([["A"]], ["A", "B"], [["c"]], [[True]], [[1]])
+
+
+def _ddp_worker(rank: int, world: int, port: int, categories, queue) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    m = MemoryQAMetrics(3, categories)
+    m.update(**(BATCH1 if rank == 0 else BATCH2))
+    out = m.compute()
+    dist.destroy_process_group()
+    queue.put((rank, out))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("categories", [["x", "y", "z"], None])
+def test_ddp_two_processes_sync_to_the_worked_numbers(categories):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_ddp_worker, args=(r, 2, port, categories, queue)) for r in range(2)]
+    for p in procs:
+        p.start()
+    results = dict(queue.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(timeout=30)
+    for rank in (0, 1):
+        _check_worked_numbers(results[rank])

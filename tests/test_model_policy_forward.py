@@ -1,0 +1,88 @@
+"""Policy forward: the 3-D multimodal rope is really in use, hidden states, loss, text helpers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from videomem.model.policy import build_policy
+
+
+@pytest.fixture(scope="module", params=["qwen2_5_vl", "qwen3_vl"])
+def policy(request):
+    return build_policy(request.param)
+
+
+def batch(policy, completions=None):
+    m = policy.patch_multiple
+    g = torch.Generator().manual_seed(0)
+    # 2x2 merge blocks per frame pair: several tokens along h and w, so 3-D positions differ from 1-D
+    videos = [torch.randint(0, 256, (4, 4 * m, 4 * m, 3), dtype=torch.uint8, generator=g) for _ in range(2)]
+    messages = [
+        [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": t}]}]
+        for t in ("What colour is the big shape?", "Q")
+    ]
+    return policy.build_inputs(messages, videos, completions)
+
+
+def test_rope_deltas_nonzero_and_positions_are_3d(policy):
+    inputs = batch(policy)
+    positions, deltas = policy.rope_positions(inputs)
+    assert positions.shape == (3, *inputs.input_ids.shape)
+    assert (deltas != 0).all()
+    video = inputs.mm_token_type_ids[0] == 2
+    t, h, w = positions[:, 0, video]
+    assert not torch.equal(h, w) and not torch.equal(t, h)  # a real (t, h, w) grid, not one 1-D ramp
+    # text after the video continues from max position + 1; the last prompt token sits at n_real - 1 + delta
+    assert positions[0, 0, -1].item() == inputs.attention_mask[0].sum().item() - 1 + deltas[0].item()
+
+
+def test_logits_differ_from_1d_positions(policy):
+    inputs = batch(policy)
+    with torch.no_grad():
+        logits = policy(inputs).logits
+        flat = (inputs.attention_mask.cumsum(-1) - 1).clamp(min=0)  # [B, L] plain 1-D positions
+        plain = policy.model(**inputs.model_kwargs(), position_ids=flat.expand(3, -1, -1)).logits
+    real = inputs.attention_mask.bool()
+    assert (logits - plain)[real].abs().max() > 1e-3
+
+
+def test_explicit_positions_equal_hf_internal_positions(policy):
+    inputs = batch(policy)
+    with torch.no_grad():
+        ours = policy(inputs).logits
+        policy.model.model.rope_deltas = None
+        theirs = policy.model(**inputs.model_kwargs()).logits  # HF builds positions from mm_token_type_ids
+    torch.testing.assert_close(ours, theirs)
+
+
+def test_hidden_states_times_lm_head_are_logits(policy):
+    inputs = batch(policy)
+    with torch.no_grad():
+        hidden = policy.hidden_states(inputs)
+        logits = policy(inputs).logits
+    assert hidden.shape == (*inputs.input_ids.shape, policy.model.config.text_config.hidden_size)
+    assert policy.lm_head_weight.shape == (len(policy.tokenizer), hidden.shape[-1])
+    torch.testing.assert_close(hidden @ policy.lm_head_weight.T, logits)
+
+
+def test_loss_is_mean_ce_over_completion_tokens(policy):
+    inputs = batch(policy, ["<answer>A</answer>", "<memory>m</memory>"])
+    out = policy(inputs)
+    logits, labels = out.logits[:, :-1], inputs.labels[:, 1:]
+    expected = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
+    torch.testing.assert_close(out.loss, expected)
+    out.loss.backward()
+    assert policy.model.lm_head.weight.grad is not None
+    policy.model.zero_grad(set_to_none=True)
+
+
+def test_decode_and_count_tokens(policy):
+    text = "<memory>two red squares</memory><answer>B</answer>"
+    ids = policy.tokenizer(text, add_special_tokens=False)["input_ids"]
+    im_end = policy.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert policy.decode(ids) == text
+    assert policy.decode(ids + [im_end]) == text  # special tokens dropped, tags kept
+    assert policy.count_tokens(text) == len(ids)
+    assert policy.count_tokens("") == 0
