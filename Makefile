@@ -13,7 +13,7 @@ OUT ?=
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo data sft prpo eval shards answer test bench lint format clean
+.PHONY: help install demo data sft prpo ablate compare eval shards answer export test bench lint format clean
 
 help: ## List every target with one line each
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -44,6 +44,12 @@ sft: install ## Cold-start SFT (Hydra overrides in ARGS); policy saved at logs/s
 prpo: install ## PRPO (PSP + TCR) from logs/sft/latest (Hydra overrides in ARGS); policy at logs/prpo/latest
 	$(PY) -m videomem.run_prpo $(ARGS)
 
+ablate: install ## Ablation sweep NAME=<components|reward|cold_start|grpo_vs_prpo> (configs/ablation/), jobs one by one; needs logs/sft/latest
+	$(PY) -m videomem.run_prpo -m +ablation=$(NAME) $(ARGS)
+
+compare: install ## Table + curves of a sweep: SWEEP=logs/ablation/<name>[/<time>] (newest by default) -> <sweep>/compare/ (OUT=dir)
+	$(PY) -m videomem.cli compare $(SWEEP) $(if $(OUT),--out $(OUT)) $(ARGS)
+
 eval: install ## Evaluate CKPT (default: synthetic test split; BENCH=<name> SHARDS=<dir> for a benchmark) to OUT=file.json
 	$(PY) -m videomem.run_eval ckpt=$(CKPT) $(if $(OUT),out=$(OUT)) $(if $(BENCH),bench=$(BENCH)) $(if $(SHARDS),shards=$(SHARDS)) $(ARGS)
 
@@ -54,6 +60,9 @@ answer: install ## Answer a question about a real mp4 clip by clip (VIDEO=..., C
 	$(PY) -m videomem.cli answer $(or $(VIDEO),$$($(PY) -c 'from videomem.cli import sample_video; print(sample_video())')) \
 		--question "What is the main animal in the video?" --option rabbit --option bird --option fish --option dog \
 		--clips 4 $(if $(CKPT),--checkpoint $(CKPT))
+
+export: install ## Any checkpoint (policy dir, Lightning .ckpt, sharded ckpt dir) -> transformers dir: CKPT=... OUT=dir
+	$(PY) -m videomem.cli export $(CKPT) $(OUT) $(ARGS)
 
 test: install ## Fast CPU test suite (no slow, gpu or perf tests)
 	$(PY) -m pytest -m "not slow and not gpu and not perf" -q $(PYTEST_ARGS) || [ $$? -eq 5 ]

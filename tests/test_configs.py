@@ -56,6 +56,8 @@ def test_unknown_key_fails_loudly(compose_cfg, name: str) -> None:
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
-def test_experiments_compose(compose_cfg, experiment: str) -> None:
+def test_experiments_compose(compose_cfg, monkeypatch, tmp_path, experiment: str) -> None:
     task = "sft" if "sft" in experiment else "prpo"
+    for var in ("VIDEOMEM_QWEN3_VL_8B", "VIDEOMEM_QWEN2_5_VL_7B"):  # the paper recipes read a local model dir
+        monkeypatch.setenv(var, str(tmp_path / var.lower()))
     OmegaConf.resolve(compose_cfg(task, [f"experiment={experiment}"]))

@@ -23,6 +23,11 @@ def policy(request):
 
 def prompts(policy):
     """Two prompts of different lengths (left padded), different frame sizes."""
+    return policy.build_inputs(*prompt_parts(policy))
+
+
+def prompt_parts(policy):
+    """Messages and videos of ``prompts``."""
     m = policy.patch_multiple
     g = torch.Generator().manual_seed(1)
     videos = [
@@ -39,10 +44,10 @@ def prompts(policy):
         ],
         [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "Q"}]}],
     ]
-    return policy.build_inputs(messages, videos)
+    return messages, videos
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])  # sdpa decodes with a ready 4-D mask, eager with 2-D
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])  # the prefill's attention; decode is always grouped
 def test_greedy_equals_hf_generate(policy, attn):
     inputs = prompts(policy)
     assert (inputs.attention_mask == 0).any()  # really left padded
@@ -65,6 +70,36 @@ def test_greedy_equals_hf_generate(policy, attn):
     expected = [[t for t in row if t not in policy.stop_ids] for row in ref]  # HF pads after eos
     assert [r[0] for r in ours] == expected
     assert all(len(r[0]) > 0 for r in ours)
+
+
+def test_each_sample_decodes_as_if_alone(policy):
+    """G sampled continuations share one prompt cache and one attention call per layer, yet the decode
+    logits of each equal a cache-free forward of its own prompt + tokens: it sees its own tokens only."""
+    messages, videos = prompt_parts(policy)
+    inputs = policy.build_inputs(messages, videos)
+    logits = []
+    hook = policy.model.lm_head.register_forward_hook(
+        lambda mod, args, out: logits.append(out[:, -1].clone())
+    )
+    stops, policy.stop_ids = policy.stop_ids, []  # every sample runs the full budget
+    try:
+        gen = torch.Generator().manual_seed(0)
+        out = policy.generate(
+            inputs, num_samples=3, max_new_tokens=6, do_sample=True, temperature=3.0, generator=gen
+        )
+    finally:
+        hook.remove()
+        policy.stop_ids = stops
+    decode = torch.stack(logits[1:])  # [5, B*G, V]: the forwards after the prefill
+    for b, samples in enumerate(out):
+        assert len({tuple(s) for s in samples}) > 1  # the samples differ: a leak between them would show
+        for g, ids in enumerate(samples):
+            alone = policy.build_inputs([messages[b]], [videos[b]], completions=[ids])
+            with torch.no_grad():
+                ref = policy(alone).logits[0]  # [L, V]
+            start = alone.input_ids.shape[1] - len(ids) - 1  # first completion position
+            # token k (k >= 1) was sampled from the logits at position start + k - 1
+            torch.testing.assert_close(decode[:, b * 3 + g], ref[start : start + 5], rtol=1e-4, atol=1e-3)
 
 
 def test_greedy_samples_are_identical_copies(policy):

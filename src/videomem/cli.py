@@ -3,6 +3,8 @@
   videomem synth   --out data/synthetic ...        synthetic long-video QA shards
   videomem shards  --bench NAME --ann A --videos DIR --out DIR [--clips T]   benchmark -> shards
   videomem answer  VIDEO --question Q --option O (x N) [--clips T] [--checkpoint DIR]
+  videomem export  CKPT OUT_DIR [--dtype bfloat16]   policy dir / Lightning .ckpt / sharded ckpt -> transformers dir
+  videomem compare SWEEP [--out DIR] [--threshold X]   ablation sweep -> Markdown table + PNG curves
 
 Training and evaluation are Hydra entry points (``python -m videomem.run_sft``, ``run_eval``).
 """
@@ -78,6 +80,14 @@ def cmd_answer(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from videomem.export import export
+
+    out = export(args.ckpt, args.out_dir, dtype=args.dtype)
+    print(f"exported {args.ckpt} -> {out} (load with Policy.from_pretrained or `videomem answer --checkpoint {out}`)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="videomem", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -86,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     synth.set_defaults(func=None)
     shards = sub.add_parser("shards", help="import a benchmark (Video-MME, LVBench, ...) as shards", add_help=False)
     shards.set_defaults(func=None)
+    compare = sub.add_parser("compare", help="table + curves of an ablation sweep", add_help=False)
+    compare.set_defaults(func=None)
 
     answer = sub.add_parser("answer", help="answer a question about a local video, clip by clip")
     answer.add_argument("video", help="a local video file (any format PyAV/decord read)")
@@ -100,6 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
     answer.add_argument("--max-new-tokens", type=int, default=64)
     answer.add_argument("--seed", type=int, default=0)
     answer.set_defaults(func=cmd_answer)
+
+    export = sub.add_parser("export", help="write a training checkpoint as a transformers checkpoint dir")
+    export.add_argument("ckpt", help="a saved policy dir, a Lightning .ckpt file of a run, or a sharded checkpoint dir")
+    export.add_argument("out_dir", help="output directory (weights, config, tokenizer, chat template)")
+    export.add_argument("--dtype", default=None, help="convert the weights, e.g. bfloat16 (default: keep)")
+    export.set_defaults(func=cmd_export)
     return parser
 
 
@@ -114,6 +132,10 @@ def main(argv: list[str] | None = None) -> int:
         from videomem.eval.importer import main as import_main
 
         return import_main(argv[1:])
+    if argv and argv[0] == "compare":
+        from videomem.eval.compare import main as compare_main
+
+        return compare_main(argv[1:])
     args = build_parser().parse_args(argv)
     return args.func(args)
 

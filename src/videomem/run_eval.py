@@ -73,7 +73,7 @@ def run(cfg: DictConfig) -> dict:
             "frame_size": list(cfg.frame_size),
             "pixels_per_frame": int(cfg.frame_size[0]) * int(cfg.frame_size[1]),
             "generation": OmegaConf.to_container(cfg.generation),
-            "system_prompt": SYSTEM_PROMPT,
+            "system_prompt": SYSTEM_PROMPT if policy.system_prompt is None else policy.system_prompt,
         },
         "records": records,
     }

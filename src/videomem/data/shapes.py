@@ -1,4 +1,4 @@
-"""Pixels of the synthetic videos: coloured shapes drifting and bouncing on a dark background (numpy only).
+"""Pixels of the synthetic videos: coloured shapes drifting and bouncing on a mid-grey background (numpy only).
 
 An object lives in one clip, appears at frame `onset` and moves `vel` pixels per frame from `pos`,
 reflecting off the frame borders. `place_objects` draws start positions and headings so that no two
@@ -23,7 +23,7 @@ COLOURS: dict[str, tuple[int, int, int]] = {  # also the canonical order of colo
     "purple": (170, 70, 230),
 }
 SHAPES = ("circle", "square", "triangle", "cross")  # also the canonical order of shape options
-BACKGROUND = (24, 24, 28)
+BACKGROUND = (120, 118, 110)  # mid-grey ~ the CLIP pixel mean: background patches normalise to ~0, objects stand out
 
 
 @dataclass

@@ -57,11 +57,11 @@ class SynthConfig:
     size: int = 64  # square frames, even
     num_colours: int = 6  # first n of COLOURS (>= 4)
     min_objects: int = 1  # per non-empty clip, before objects the questions require
-    max_objects: int = 3
-    radius: float = 7.0  # count / first / filler objects (px at `size`)
-    speed: float = 1.5  # px per frame
-    shape_radius: float = 5.0  # the shape question's object: medium (small moving shapes are hard)
-    shape_speed: float = 1.5
+    max_objects: int = 2
+    radius: float = 9.0  # count / first / filler objects (px at `size`)
+    speed: float = 1.0  # px per frame
+    shape_radius: float = 7.0  # the shape question's object: smaller than the rest (shapes are the hard family)
+    shape_speed: float = 1.0
     families: tuple[str, ...] = FAMILIES
     shuffle_options: bool = False
     last_clip_rate: float = 0.15  # fraction of questions whose evidence may fall in the last clip

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from videomem.data.types import VideoQA
-from videomem.memory.prompt import SYSTEM_PROMPT, ParsedOutput, build_messages, parse_output
+from videomem.memory.prompt import ParsedOutput, build_messages, parse_output
 
 
 @dataclass
@@ -66,8 +66,11 @@ class LoopResult:
         return self.steps[-1].parsed.answer if self.steps else None
 
 
-def step_messages(qa: VideoQA, clip_index: int, memory: str, system_prompt: str = SYSTEM_PROMPT) -> list[dict]:
-    """Chat messages for clip ``clip_index`` of ``qa`` with carried ``memory``."""
+def step_messages(qa: VideoQA, clip_index: int, memory: str, system_prompt: str | None = None) -> list[dict]:
+    """Chat messages for clip ``clip_index`` of ``qa`` with carried ``memory``.
+
+    ``system_prompt``: None uses the default instruction, "" none (pass ``policy.system_prompt``).
+    """
     span = qa.spans[clip_index] if qa.spans else None
     return build_messages(qa.question, qa.options, memory, clip_index, qa.num_clips, span, system_prompt)
 
@@ -81,7 +84,6 @@ def generate_step(
     *,
     num_samples: int = 1,
     generator: torch.Generator | None = None,
-    system_prompt: str = SYSTEM_PROMPT,
 ) -> list[list[str]]:
     """Sample ``num_samples`` outputs for clip ``clip_index`` of every question.
 
@@ -93,12 +95,12 @@ def generate_step(
         gen: Decoding settings.
         num_samples: G outputs per prompt, decoded from one shared prefill.
         generator: Seeded RNG for sampling.
-        system_prompt: Instruction text.
 
     Returns:
         ``[len(qas)][num_samples]`` decoded completions.
     """
-    messages = [step_messages(qa, clip_index, m, system_prompt) for qa, m in zip(qas, memories)]
+    system = getattr(policy, "system_prompt", None)  # the instruction the policy was trained with
+    messages = [step_messages(qa, clip_index, m, system) for qa, m in zip(qas, memories)]
     videos = [qa.clips[clip_index] for qa in qas]
     inputs = policy.build_inputs(messages, videos).to(policy.model.device)
     ids = policy.generate(
@@ -128,7 +130,6 @@ def run_memory_loop(
     *,
     memory_off: bool = False,
     generator: torch.Generator | None = None,
-    system_prompt: str = SYSTEM_PROMPT,
 ) -> list[LoopResult]:
     """Run the sequential loop over a batch of questions (videos may differ in clip count).
 
@@ -139,7 +140,6 @@ def run_memory_loop(
         memory_off: Control: every carried memory is replaced by empty text, so the policy sees
             only the current clip. Accuracy that survives this does not come from the memory.
         generator: RNG when sampling.
-        system_prompt: Instruction text.
 
     Returns:
         One ``LoopResult`` per question, in order.
@@ -150,9 +150,7 @@ def run_memory_loop(
     for t in range(max((qa.num_clips for qa in qas), default=0)):
         active = [i for i, qa in enumerate(qas) if t < qa.num_clips]
         shown = ["" if memory_off else memories[i] for i in active]
-        outputs = generate_step(
-            policy, [qas[i] for i in active], t, shown, gen, generator=generator, system_prompt=system_prompt
-        )
+        outputs = generate_step(policy, [qas[i] for i in active], t, shown, gen, generator=generator)
         for i, mem_in, outs in zip(active, shown, outputs):
             record = advance(policy, mem_in, outs[0], len(qas[i].options))
             results[i].steps.append(record)

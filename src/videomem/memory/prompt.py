@@ -19,10 +19,8 @@ from dataclasses import dataclass
 from videomem.data.types import LETTERS
 
 SYSTEM_PROMPT = (
-    "You watch a long video one clip at a time and cannot see earlier clips again. "
-    "Keep a short memory of the facts that matter for the question. "
-    "Reply with the updated memory and your current answer, exactly as "
-    "<memory>...</memory><answer>X</answer> where X is an option letter."
+    "You see a long video one clip at a time, never again. Keep a short memory of facts for the question. "
+    "Reply <memory>...</memory><answer>X</answer> with X an option letter."
 )
 EMPTY_MEMORY = "(empty)"
 
@@ -114,9 +112,8 @@ def user_text(
     return (
         f"{where}.\n"
         f"Question: {question}\n"
-        f"Options:\n{format_options(options)}\n"
-        f"Memory: {memory.strip() or EMPTY_MEMORY}\n"
-        "Update the memory and answer."
+        f"{format_options(options)}\n"
+        f"Memory: {memory.strip() or EMPTY_MEMORY}"
     )
 
 
@@ -127,11 +124,15 @@ def build_messages(
     clip_index: int,
     num_clips: int,
     span: tuple[float, float] | None = None,
-    system_prompt: str = SYSTEM_PROMPT,
+    system_prompt: str | None = SYSTEM_PROMPT,
 ) -> list[dict]:
-    """Chat messages of one clip step; the video item stands for the frames of this clip only."""
-    return [
-        {"role": "system", "content": system_prompt},
+    """Chat messages of one clip step; the video item stands for the frames of this clip only.
+
+    ``system_prompt`` None means the default ``SYSTEM_PROMPT``; an empty string means no system turn.
+    """
+    system_prompt = SYSTEM_PROMPT if system_prompt is None else system_prompt
+    system = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    return system + [
         {
             "role": "user",
             "content": [

@@ -3,9 +3,10 @@
 It turns chat messages + clip frames into a left-padded batch (``build_inputs``), runs the model with
 the 3-D multimodal rope actually in use (it builds ``mm_token_type_ids`` and passes explicit
 ``position_ids``), and samples completions with a shared prefill (``generate``): each prompt row is
-prefilled once (vision tower once), its KV cache is copied ``num_samples`` ways into a buffer sized
-for the whole decode, and a plain Python loop decodes all samples in place (no per-step cache copy).
-This is the O(T) instead of O(T*G) prefill behind PRPO's speed-up (method.md section 3).
+prefilled once (vision tower once), its KV cache is kept once (never copied ``num_samples`` ways), and a
+plain Python loop decodes all samples in place, each step reading a row's prompt once for all its
+samples (``model/decoding.py``). This is the O(T) instead of O(T*G) prefill behind PRPO's speed-up
+(method.md section 3), and a decode that does not pay the prompt G times either.
 
 It deliberately knows nothing of rewards, losses, optimisers or the memory prompt.
 """
@@ -27,7 +28,8 @@ from transformers import (
     Qwen3VLForConditionalGeneration,
 )
 
-from videomem.model.decoding import expand_cache, sample_next
+from videomem.model.decoding import SharedPrefixCache, grouped_decode, sample_next
+from videomem.model.liger import apply_liger_kernels, resolve_liger
 from videomem.model.tiny import EOS, PAD, build_tokenizer, tiny_config
 from videomem.model.vision import NORM, frames_to_patches, num_video_tokens
 
@@ -86,6 +88,8 @@ class Policy(nn.Module):
         tokenizer: Its tokenizer (left padding).
         arch: ``"qwen2_5_vl"`` or ``"qwen3_vl"``.
         patch_multiple: ``patch_size * merge_size``: frame H and W must be multiples of it.
+        liger_kernels: Liger's kernels are on (set by ``build_policy``): SFT then uses Liger's fused
+            linear cross-entropy on ``hidden_states`` (``videomem.model.liger``).
     """
 
     def __init__(
@@ -101,6 +105,9 @@ class Policy(nn.Module):
         if arch not in MODEL_CLASSES:
             raise ValueError(f"unknown arch {arch!r}; expected one of {list(MODEL_CLASSES)}")
         self.model, self.tokenizer, self.arch = model, tokenizer, arch
+        self.liger_kernels = False
+        # instruction this policy was trained with (None: the memory loop's default; "": none)
+        self.system_prompt: str | None = None
         self.tokenizer.padding_side = "left"
         vision = model.config.vision_config
         self.patch_size, self.temporal_patch_size = vision.patch_size, vision.temporal_patch_size
@@ -272,7 +279,7 @@ class Policy(nn.Module):
         """
         if do_sample and temperature <= 0:
             raise ValueError("temperature must be > 0 when sampling (use do_sample=False for greedy)")
-        batch, length = inputs.input_ids.shape
+        batch = inputs.input_ids.shape[0]
         rows = batch * num_samples
         device = inputs.input_ids.device
         positions, deltas = self.rope_positions(inputs)  # [3, B, L], [B, 1]
@@ -283,36 +290,37 @@ class Policy(nn.Module):
             use_cache=True,
             logits_to_keep=1,
         )
-        cache = expand_cache(out.past_key_values, num_samples, length + max_new_tokens)
+        text_config = self.model.model.language_model.config
+        heads_per_kv = text_config.num_attention_heads // text_config.num_key_value_heads
+        # Each row's prompt KV once (not G copies); its samples' tokens are appended after it.
+        cache = SharedPrefixCache(
+            out.past_key_values, inputs.attention_mask, num_samples, max_new_tokens, heads_per_kv
+        )
         logits = out.logits[:, -1].repeat_interleave(num_samples, dim=0)  # [B*G, V]
         del out
-        mask = torch.zeros(rows, length + max_new_tokens, dtype=torch.bool, device=device)  # [B*G, L+N]
-        mask[:, :length] = inputs.attention_mask.bool().repeat_interleave(num_samples, dim=0)
-        # SDPA takes a ready 4-D padding mask (one query, nothing to hide causally): no per-step mask building.
-        sdpa = self.model.model.language_model.config._attn_implementation == "sdpa"
         # Text continues after the largest prompt position: n_real + delta (= HF's cumsum(mask) - 1 + delta).
         next_pos = inputs.attention_mask.sum(-1, keepdim=True) + deltas  # [B, 1]
         next_pos = next_pos.repeat_interleave(num_samples, dim=0)  # [B*G, 1]
         stop_ids = torch.tensor(self.stop_ids, device=device)
         tokens = torch.full((rows, max_new_tokens), self.pad_id, dtype=torch.long, device=device)  # [B*G, N]
         finished = torch.zeros(rows, dtype=torch.bool, device=device)  # [B*G]
-        for step in range(max_new_tokens):
-            token = sample_next(logits, do_sample, temperature, top_p, generator)  # [B*G]
-            token = token.masked_fill(finished, self.pad_id)
-            tokens[:, step] = token
-            finished |= torch.isin(token, stop_ids)
-            if step == max_new_tokens - 1 or bool(finished.all()):
-                break
-            seen = length + step + 1
-            mask[:, seen - 1] = True
-            out = self.model(
-                input_ids=token[:, None],  # [B*G, 1]
-                attention_mask=mask[:, None, None, :seen] if sdpa else mask[:, :seen],
-                position_ids=(next_pos + step).unsqueeze(0).expand(3, -1, -1),  # [3, B*G, 1]
-                past_key_values=cache,
-                use_cache=True,
-            )
-            logits = out.logits[:, -1]  # [B*G, V]
+        # Decode attention: a row's G samples read its prompt together, in one SDPA call per layer.
+        with grouped_decode(text_config):
+            for step in range(max_new_tokens):
+                token = sample_next(logits, do_sample, temperature, top_p, generator)  # [B*G]
+                token = token.masked_fill(finished, self.pad_id)
+                tokens[:, step] = token
+                finished |= torch.isin(token, stop_ids)
+                if step == max_new_tokens - 1 or bool(finished.all()):
+                    break
+                out = self.model(
+                    input_ids=token[:, None],  # [B*G, 1]
+                    attention_mask=cache.next_mask(),  # [B, 1, G*r, L+G*(step+1)]
+                    position_ids=(next_pos + step).unsqueeze(0).expand(3, -1, -1),  # [3, B*G, 1]
+                    past_key_values=cache,
+                    use_cache=True,
+                )
+                logits = out.logits[:, -1]  # [B*G, V]
         ids = tokens.tolist()
         return [[self._strip(ids[b * num_samples + g]) for g in range(num_samples)] for b in range(batch)]
 
@@ -332,10 +340,18 @@ class Policy(nn.Module):
         return len(self._encode(text))
 
     # ------------------------------------------------------------- save/load
-    def save_pretrained(self, path: str | Path) -> None:
-        """Write model, tokenizer (with chat template) and ``videomem_policy.json`` to ``path``."""
+    def save_pretrained(self, path: str | Path, state_dict: dict[str, Tensor] | None = None) -> None:
+        """Write model, tokenizer (with chat template) and ``videomem_policy.json`` to ``path``.
+
+        Args:
+            path: Output directory.
+            state_dict: Full weights keyed as ``self.state_dict()`` (``model.`` prefix), e.g. gathered
+                from a sharded policy; None saves the module's own weights.
+        """
         path = Path(path)
-        self.model.save_pretrained(path)
+        if state_dict is not None:
+            state_dict = {k.removeprefix("model."): v for k, v in state_dict.items()}
+        self.model.save_pretrained(path, state_dict=state_dict)
         self.tokenizer.save_pretrained(path)
         meta = {
             "arch": self.arch,
@@ -344,6 +360,7 @@ class Policy(nn.Module):
             "merge_size": self.merge_size,
             "image_mean": list(self.image_mean),
             "image_std": list(self.image_std),
+            "system_prompt": self.system_prompt,
         }
         (path / POLICY_FILE).write_text(json.dumps(meta, indent=2))
 
@@ -368,7 +385,9 @@ class Policy(nn.Module):
         mean, std = meta.get("image_mean"), meta.get("image_std")
         if mean is None:
             mean, std = _processor_norm(path)
-        return cls(model, tokenizer, arch, image_mean=mean, image_std=std)
+        policy = cls(model, tokenizer, arch, image_mean=mean, image_std=std)
+        policy.system_prompt = meta.get("system_prompt")
+        return policy
 
 
 def _find_chat_template(path: Path) -> str:
@@ -396,6 +415,8 @@ def build_policy(
     tiny: dict | None = None,
     dtype: str = "float32",
     seed: int = 0,
+    liger_kernels: bool | str = "auto",
+    system_prompt: str | None = None,
 ) -> Policy:
     """Factory for Lightning's ``configure_model`` (Hydra ``_partial_``).
 
@@ -406,13 +427,24 @@ def build_policy(
         tiny: Overrides of ``tiny.TINY_DEFAULTS`` (ignored with ``path``).
         dtype: Weights dtype name (``"float32"``, ``"bfloat16"``, ...).
         seed: Seed of the tiny model's random init (the global RNG is left untouched).
+        liger_kernels: ``"auto"`` (on iff CUDA is available), True or False: Liger's Triton kernels
+            patched into the built instance, and Liger's fused cross-entropy for SFT (``model/liger.py``).
+        system_prompt: The step instruction this policy is trained and run with, saved with it (None:
+            keep the checkpoint's, else the memory loop's default; "": no system turn).
     """
     torch_dtype = getattr(torch, dtype)
     if path is not None:
+        if not Path(path).is_dir():
+            raise FileNotFoundError(
+                f"model path {path!r} is not a local checkpoint directory (nothing is downloaded): point "
+                "model.path (or the environment variable the config reads) at a Qwen-VL checkpoint dir"
+            )
         policy = Policy.from_pretrained(path, dtype=torch_dtype)
         if policy.arch != arch:
             raise ValueError(f"checkpoint {path} is {policy.arch!r} but arch={arch!r} was requested")
-        return policy
+        if system_prompt is not None:
+            policy.system_prompt = system_prompt
+        return _with_liger(policy, liger_kernels)
     tokenizer = build_tokenizer((tiny or {}).get("vocab_size", 768))
     config = tiny_config(arch, tokenizer, tiny)
     with torch.random.fork_rng(devices=[]):
@@ -424,4 +456,14 @@ def build_policy(
     ]
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.bos_token_id = None
-    return Policy(model.to(torch_dtype).eval(), tokenizer, arch)
+    policy = Policy(model.to(torch_dtype).eval(), tokenizer, arch)
+    policy.system_prompt = system_prompt
+    return _with_liger(policy, liger_kernels)
+
+
+def _with_liger(policy: Policy, flag: bool | str) -> Policy:
+    """Patch the built instance (never the classes before building: see ``model/liger.py``)."""
+    if resolve_liger(flag):
+        apply_liger_kernels(policy.model, policy.arch, required=flag is True or str(flag).lower() == "true")
+        policy.liger_kernels = True
+    return policy

@@ -169,7 +169,7 @@ def prpo_rollout(
             gids = torch.tensor([keys.index(k) for k in keys])
             adv = group_advantages(torch.tensor(totals, dtype=torch.float64), gids).tolist()
             nodes = []
-            messages_of = {id(f): step_messages(qa, t, f.memory) for f, _ in rows}
+            messages_of = {id(f): step_messages(qa, t, f.memory, policy.system_prompt) for f, _ in rows}
             for k, (text, p, f) in enumerate(zip(texts, parsed, parents)):
                 node = tree.add(
                     parent_id=f.node_id, example_index=i, clip_index=t, memory_in=f.memory, output=text,

@@ -7,7 +7,8 @@ import os
 from pathlib import Path
 
 from lightning import Callback, LightningModule, Trainer
-from lightning.pytorch.utilities import rank_zero_only
+
+from videomem.train.parallel import full_state_dict, is_sharded
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,8 @@ class SavePolicy(Callback):
     """At the end of ``fit``, save the policy as a loadable checkpoint directory.
 
     Writes ``<dirpath>`` (model weights, config, tokenizer, chat template) and points ``latest`` at
-    it, so ``videomem answer --checkpoint logs/<stage>/latest`` and the next stage load it.
+    it, so ``videomem answer --checkpoint logs/<stage>/latest`` and the next stage load it. A sharded
+    (FSDP) policy's full weights are gathered on every rank first, then rank 0 writes them.
 
     Args:
         dirpath: Where to save the policy.
@@ -36,9 +38,14 @@ class SavePolicy(Callback):
         self.dirpath = Path(dirpath)
         self.latest = Path(latest) if latest else None
 
-    @rank_zero_only
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        pl_module.policy.save_pretrained(self.dirpath)
+        state = None
+        if is_sharded(pl_module.policy):  # collective; the strategy's root (FSDP1 wraps the whole module)
+            full = full_state_dict(trainer.strategy.model)
+            state = {k.removeprefix("policy."): v for k, v in full.items() if k.startswith("policy.")}
+        if not trainer.is_global_zero:
+            return
+        pl_module.policy.save_pretrained(self.dirpath, state_dict=state)
         if self.latest is not None:
             point_latest(self.dirpath.resolve(), self.latest)
         log.info("policy saved to %s%s", self.dirpath, f" (latest: {self.latest})" if self.latest else "")

@@ -9,6 +9,9 @@ One training step = one batch of questions:
 Samples with zero advantage add nothing to the loss or gradient when there is no KL term, so they
 are skipped in the update (their tokens still count in the normaliser). Under DDP every rank runs
 the same number of micro-batches (padding with zero-weight ones), so gradient syncs line up.
+Under ModelParallelStrategy the policy (and the reference policy) is sharded with FSDP2 in
+``configure_model``; the rollout runs with the weights gathered (``gathered_for_generation``), so
+ranks that decode different numbers of tokens never wait on each other's all-gathers.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from videomem.data.types import VideoQA
 from videomem.memory.loop import GenerationConfig
 from videomem.rl.loss import fused_grpo_loss, naive_grpo_loss
 from videomem.rl.rollout import RewardConfig, RolloutConfig, RolloutSample, prpo_rollout
+from videomem.train.parallel import gathered_for_generation, maybe_shard
 from videomem.train.validation import LoopValidation
 
 
@@ -107,9 +111,9 @@ class PRPOModule(LightningModule):
 
     def configure_model(self) -> None:
         if self.policy is None:
-            self.policy = self.build_policy().train()
+            self.policy = maybe_shard(self, self.build_policy().train())
         if self.kl_coef and self.ref_policy is None:
-            self.ref_policy = self.build_policy().eval().requires_grad_(False)
+            self.ref_policy = maybe_shard(self, self.build_policy().eval().requires_grad_(False))
 
     # ---- rollout -------------------------------------------------------------------------------
     def rollout(self, batch: list[VideoQA]):
@@ -119,10 +123,11 @@ class PRPOModule(LightningModule):
         was_training = self.policy.training
         self.policy.eval()
         try:
-            return prpo_rollout(
-                self.policy, batch, self.rollout_cfg, self.reward_cfg, generator=self._generator,
-                train_step=self.global_step,
-            )
+            with gathered_for_generation(self.policy):
+                return prpo_rollout(
+                    self.policy, batch, self.rollout_cfg, self.reward_cfg, generator=self._generator,
+                    train_step=self.global_step,
+                )
         finally:
             self.policy.train(was_training)
 
@@ -217,6 +222,9 @@ class PRPOModule(LightningModule):
                 experiment.add_text("rollout/tree", f"```\n{text[:20000]}\n```", self.global_step)
 
     # ---- validation ----------------------------------------------------------------------------
+    def on_validation_epoch_start(self) -> None:
+        self.validation.epoch_start(self)
+
     def validation_step(self, batch: list[VideoQA], batch_idx: int) -> None:
         self.validation.step(self, batch)
 

@@ -4,6 +4,10 @@ One training instance is one clip step t of one question: the prompt shows the t
 M_{t-1} (M_0 empty) and the frames of clip t; the target is ``<memory>M_t</memory><answer>a</answer>``
 with the gold letter at every step (DECISION). The loss covers assistant tokens only (the policy's
 labels mask the prompt). Validation runs the real sequential loop, greedy, on a few videos.
+With Liger's kernels on (``Policy.liger_kernels``, CUDA only) the loss is Liger's fused linear
+cross-entropy on the final hidden states: the ``[N, L, V]`` logits are never materialised.
+Under Lightning's ModelParallelStrategy the policy is sharded with FSDP2 in ``configure_model``
+(``videomem.train.parallel``) and validation decodes with the weights gathered once per epoch.
 
 What it does not do: build shards or teacher memories (``videomem.data``), or decide the loop
 (``videomem.memory.loop``).
@@ -20,16 +24,24 @@ from lightning import LightningModule
 from videomem.data.types import VideoQA
 from videomem.memory.loop import GenerationConfig, step_messages
 from videomem.memory.prompt import format_target
+from videomem.model.policy import Policy, PolicyInputs
+from videomem.train.parallel import maybe_shard
 from videomem.train.validation import LoopValidation
 
 
-def sft_steps(qa: VideoQA, steps_per_question: int | None = None, rng: random.Random | None = None):
+def sft_steps(
+    qa: VideoQA,
+    steps_per_question: int | None = None,
+    rng: random.Random | None = None,
+    system_prompt: str | None = None,
+):
     """The SFT instances of one question: ``(messages, frames, target)`` per clip step.
 
     Args:
         qa: A question whose ``memories`` holds the teacher chain M_1..M_T.
         steps_per_question: Keep this many random steps (None: all T).
         rng: RNG for that choice.
+        system_prompt: The policy's instruction (None: default, "": none).
 
     Raises:
         ValueError: If the question has no teacher memories.
@@ -44,8 +56,23 @@ def sft_steps(qa: VideoQA, steps_per_question: int | None = None, rng: random.Ra
     out = []
     for t in steps:
         prev = qa.memories[t - 1] if t > 0 else ""
-        out.append((step_messages(qa, t, prev), qa.clips[t], format_target(qa.memories[t], qa.answer)))
+        out.append((step_messages(qa, t, prev, system_prompt), qa.clips[t], format_target(qa.memories[t], qa.answer)))
     return out
+
+
+def sft_loss(policy: Policy, inputs: PolicyInputs) -> torch.Tensor:
+    """Mean cross-entropy over label tokens: HF's own loss, or Liger's fused one when the policy has Liger on.
+
+    Both predict token ``i + 1`` from position ``i`` and ignore ``-100`` labels, so they agree.
+    """
+    if not policy.liger_kernels:
+        return policy(inputs).loss  # through __call__: FSDP2 hooks the root forward
+    from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+
+    hidden = policy.hidden_states(inputs)[:, :-1]  # [B, L-1, H] predicts tokens 1..L-1
+    labels = inputs.labels[:, 1:]  # [B, L-1]
+    flat = hidden.reshape(-1, hidden.shape[-1])  # [B*(L-1), H]
+    return LigerFusedLinearCrossEntropyLoss()(policy.lm_head_weight, flat, labels.reshape(-1))
 
 
 class SFTModule(LightningModule):
@@ -80,18 +107,22 @@ class SFTModule(LightningModule):
 
     def configure_model(self) -> None:
         if self.policy is None:
-            self.policy = self.policy_factory().train()
+            self.policy = maybe_shard(self, self.policy_factory().train())
 
     def training_step(self, batch: list[VideoQA], batch_idx: int) -> torch.Tensor:
-        steps = [s for qa in batch for s in sft_steps(qa, self.steps_per_question, self._rng)]
+        system = self.policy.system_prompt
+        steps = [s for qa in batch for s in sft_steps(qa, self.steps_per_question, self._rng, system)]
         messages, videos, targets = map(list, zip(*steps))
         inputs = self.policy.build_inputs(messages, videos, completions=targets).to(self.device)
-        loss = self.policy.forward(inputs).loss
+        loss = sft_loss(self.policy, inputs)
         n_target = (inputs.labels != -100).sum()
         self.log("train/loss", loss, prog_bar=True, batch_size=len(steps))
         self.log("train/target_tokens", n_target.float(), batch_size=len(steps))
         self.log("train/prompt_tokens", inputs.attention_mask.sum().float() / len(steps), batch_size=len(steps))
         return loss
+
+    def on_validation_epoch_start(self) -> None:
+        self.validation.epoch_start(self)
 
     def validation_step(self, batch: list[VideoQA], batch_idx: int) -> None:
         self.validation.step(self, batch)
