@@ -29,11 +29,13 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## Create .venv and install the pinned CPU stack + videomem (once)
 
-demo: install ## Everything end to end on the tiny CPU default: data, SFT, eval, answer
+demo: install ## Everything end to end on the tiny CPU default: data, SFT, eval, PRPO, eval, answer
 	$(MAKE) data
 	$(MAKE) sft
 	$(MAKE) eval CKPT=logs/sft/latest OUT=logs/demo/sft_eval.json
-	$(MAKE) answer CKPT=logs/sft/latest
+	$(MAKE) prpo
+	$(MAKE) eval CKPT=logs/prpo/latest OUT=logs/demo/prpo_eval.json
+	$(MAKE) answer CKPT=logs/prpo/latest
 
 data: install ## Synthetic long-video QA shards under data/synthetic (seeded; ARGS: --train N ...)
 	$(PY) -m videomem.cli synth --out data/synthetic $(ARGS)

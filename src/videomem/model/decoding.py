@@ -7,10 +7,11 @@ interleaved (step s, sample g at ``L + s*G + g``): nothing is copied G ways and 
 place (a plain ``DynamicCache`` would ``torch.cat`` the whole cache each step). During decode the text
 model's attention is ``grouped_decode_attention``: the G samples' queries (and the query heads sharing
 a KV head, as in GQA) are stacked into one ``[B, H_kv, G*r, D]`` query block, so ONE SDPA call per
-layer reads each row's prompt once per step instead of once per sample (cascade attention; issue:
-"read the shared prefix once per step"); an additive mask ``[B, 1, G*r, L + G*N]`` built once per
-generate shows each sample the prompt's real tokens and its own new tokens only. ``sample_next`` is
-greedy or temperature / nucleus sampling with an explicit generator.
+layer reads each row's prompt once per step instead of once per sample; an additive mask
+``[B, 1, G*r, L + G*N]`` built once per generate shows each sample the prompt's real tokens and its own
+new tokens only (tests/perf/test_bench_generate.py measures the decode gain). With G=1 this is plain
+GQA-packed decoding over a growing buffer. ``sample_next`` is greedy or temperature / nucleus sampling
+with an explicit generator.
 
 It deliberately holds no loop and no model: ``policy.Policy.generate`` drives them.
 """
