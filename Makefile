@@ -13,7 +13,7 @@ OUT ?=
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo data sft prpo ablate compare eval shards answer export test bench lint format clean
+.PHONY: help install demo data sft prpo ablate compare eval eval-clips shards answer export test bench lint format clean
 
 help: ## List every target with one line each
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -54,6 +54,9 @@ compare: install ## Table + curves of a sweep: SWEEP=logs/ablation/<name>[/<time
 
 eval: install ## Evaluate CKPT (default: synthetic test split; BENCH=<name> SHARDS=<dir> for a benchmark) to OUT=file.json
 	$(PY) -m videomem.run_eval ckpt=$(CKPT) $(if $(OUT),out=$(OUT)) $(if $(BENCH),bench=$(BENCH)) $(if $(SHARDS),shards=$(SHARDS)) $(ARGS)
+
+eval-clips: install ## Clip-count generalisation (Figure 5): accuracy of CKPT on test videos of T=1..8 clips
+	$(PY) -m videomem.cli clips --ckpt $(CKPT) $(ARGS)
 
 shards: install ## Import a benchmark as shards: BENCH=<videomme|lvbench|mlvu|longvideobench|egoschema> ANN= VIDEOS= OUT= [CLIPS=4]
 	$(PY) -m videomem.cli shards --bench $(BENCH) --ann $(ANN) --videos $(VIDEOS) --out $(OUT) --clips $(or $(CLIPS),4) $(ARGS)

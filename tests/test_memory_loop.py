@@ -38,7 +38,7 @@ class ScriptedPolicy:
 
     def generate(self, inputs, *, num_samples=1, **kw):
         out = []
-        for msgs, video in zip(inputs.messages, inputs.videos):
+        for _msgs, video in zip(inputs.messages, inputs.videos):
             vid, clip = int(video[0, 0, 0, 0]), int(video[0, 0, 0, 1])
             out.append([[len(self._pending)] for _ in range(num_samples)])
             self._pending.append(self.script[(f"v{vid}", clip)])
@@ -57,8 +57,14 @@ def make_qa(vid: int, num_clips: int) -> VideoQA:
     for t, c in enumerate(clips):
         c[..., 0], c[..., 1] = vid, t
     return VideoQA(
-        video_id=f"v{vid}", qid="q", question="How many?", options=["1", "2", "3", "4"], answer="B",
-        category="count", clips=clips, spans=[(4.0 * t, 4.0 * t + 4) for t in range(num_clips)],
+        video_id=f"v{vid}",
+        qid="q",
+        question="How many?",
+        options=["1", "2", "3", "4"],
+        answer="B",
+        category="count",
+        clips=clips,
+        spans=[(4.0 * t, 4.0 * t + 4) for t in range(num_clips)],
     )
 
 
@@ -100,7 +106,9 @@ def test_invalid_memory_keeps_previous_and_bad_answer_is_none() -> None:
 
 
 def test_batch_with_different_clip_counts() -> None:
-    script = {(f"v{v}", t): f"<memory>v{v} t{t}</memory><answer>C</answer>" for v in range(2) for t in range(4)}
+    script = {
+        (f"v{v}", t): f"<memory>v{v} t{t}</memory><answer>C</answer>" for v in range(2) for t in range(4)
+    }
     policy = ScriptedPolicy(script)
     res = run_memory_loop(policy, [make_qa(0, 2), make_qa(1, 4)])
     assert [len(r.steps) for r in res] == [2, 4]

@@ -1,6 +1,7 @@
 """``videomem`` command line: thin wrappers over the package.
 
   videomem synth   --out data/synthetic ...        synthetic long-video QA shards
+  videomem clips   --ckpt DIR [--clips 1 .. 8]     accuracy per clip count (Figure 5)
   videomem shards  --bench NAME --ann A --videos DIR --out DIR [--clips T]   benchmark -> shards
   videomem answer  VIDEO --question Q --option O (x N) [--clips T] [--checkpoint DIR]
   videomem export  CKPT OUT_DIR [--dtype bfloat16]   policy dir / Lightning .ckpt / sharded ckpt -> transformers dir
@@ -62,10 +63,18 @@ def cmd_answer(args: argparse.Namespace) -> int:
         size = fit_frame_size(first.shape[1], first.shape[2], policy.patch_multiple, args.max_pixels)
     frames = [decode_frames(c, num_frames=args.frames_per_clip, size=size) for c in clips]
     qa = VideoQA(
-        video_id=str(args.video), qid="q0", question=args.question, options=list(args.option), answer=None,
-        category="user", clips=frames, spans=spans,
+        video_id=str(args.video),
+        qid="q0",
+        question=args.question,
+        options=list(args.option),
+        answer=None,
+        category="user",
+        clips=frames,
+        spans=spans,
     )
-    print(f"video {args.video}: {duration:.1f}s, {args.clips} clips x {args.frames_per_clip} frames at {size[0]}x{size[1]}")
+    print(
+        f"video {args.video}: {duration:.1f}s, {args.clips} clips x {args.frames_per_clip} frames at {size[0]}x{size[1]}"
+    )
     print(f"question: {args.question}")
     for i, o in enumerate(args.option):
         print(f"  {LETTERS[i]}. {o}")
@@ -74,7 +83,9 @@ def cmd_answer(args: argparse.Namespace) -> int:
     for t, step in enumerate(result.steps):
         a, b = spans[t]
         print(f"[clip {t + 1}/{len(spans)} {a:.1f}-{b:.1f}s] memory: {step.memory_out!r}")
-        print(f"    provisional answer: {step.parsed.answer or 'unparsable'}  (format ok: {step.parsed.format_ok})")
+        print(
+            f"    provisional answer: {step.parsed.answer or 'unparsable'}  (format ok: {step.parsed.format_ok})"
+        )
     pred = result.prediction
     print(f"final answer: {pred + '. ' + args.option[LETTERS.index(pred)] if pred else 'unparsable'}")
     return 0
@@ -84,17 +95,23 @@ def cmd_export(args: argparse.Namespace) -> int:
     from videomem.export import export
 
     out = export(args.ckpt, args.out_dir, dtype=args.dtype)
-    print(f"exported {args.ckpt} -> {out} (load with Policy.from_pretrained or `videomem answer --checkpoint {out}`)")
+    print(
+        f"exported {args.ckpt} -> {out} (load with Policy.from_pretrained or `videomem answer --checkpoint {out}`)"
+    )
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="videomem", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="videomem", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     synth = sub.add_parser("synth", help="write synthetic long-video QA shards", add_help=False)
     synth.set_defaults(func=None)
-    shards = sub.add_parser("shards", help="import a benchmark (Video-MME, LVBench, ...) as shards", add_help=False)
+    shards = sub.add_parser(
+        "shards", help="import a benchmark (Video-MME, LVBench, ...) as shards", add_help=False
+    )
     shards.set_defaults(func=None)
     compare = sub.add_parser("compare", help="table + curves of an ablation sweep", add_help=False)
     compare.set_defaults(func=None)
@@ -108,13 +125,17 @@ def build_parser() -> argparse.ArgumentParser:
     answer.add_argument("--checkpoint", help="a saved policy dir (videomem or transformers Qwen-VL)")
     answer.add_argument("--arch", default="qwen2_5_vl", help="tiny random policy arch when no checkpoint")
     answer.add_argument("--frame-size", type=int, nargs=2, metavar=("H", "W"))
-    answer.add_argument("--max-pixels", type=int, default=128 * 32 * 32, help="pixels per frame (paper: 128*32*32)")
+    answer.add_argument(
+        "--max-pixels", type=int, default=128 * 32 * 32, help="pixels per frame (paper: 128*32*32)"
+    )
     answer.add_argument("--max-new-tokens", type=int, default=64)
     answer.add_argument("--seed", type=int, default=0)
     answer.set_defaults(func=cmd_answer)
 
     export = sub.add_parser("export", help="write a training checkpoint as a transformers checkpoint dir")
-    export.add_argument("ckpt", help="a saved policy dir, a Lightning .ckpt file of a run, or a sharded checkpoint dir")
+    export.add_argument(
+        "ckpt", help="a saved policy dir, a Lightning .ckpt file of a run, or a sharded checkpoint dir"
+    )
     export.add_argument("out_dir", help="output directory (weights, config, tokenizer, chat template)")
     export.add_argument("--dtype", default=None, help="convert the weights, e.g. bfloat16 (default: keep)")
     export.set_defaults(func=cmd_export)
@@ -128,6 +149,10 @@ def main(argv: list[str] | None = None) -> int:
 
         synth_main(argv[1:])
         return 0
+    if argv and argv[0] == "clips":
+        from videomem.eval.clip_sweep import main as clips_main
+
+        return clips_main(argv[1:])
     if argv and argv[0] == "shards":
         from videomem.eval.importer import main as import_main
 

@@ -49,14 +49,20 @@ def run(cfg: DictConfig) -> dict:
     torch.manual_seed(cfg.seed)
     policy = Policy.from_pretrained(cfg.ckpt).eval()
     questions = iter_shard_videoqa(
-        expand_shards(cfg.shards), frames_per_clip=cfg.frames_per_clip, frame_size=tuple(cfg.frame_size),
+        expand_shards(cfg.shards),
+        frames_per_clip=cfg.frames_per_clip,
+        frame_size=tuple(cfg.frame_size),
         backend=cfg.backend,
     )
     if cfg.limit:
         questions = (q for i, q in zip(range(cfg.limit), questions))
     metrics, records = evaluate(
-        policy, questions, batch_size=cfg.batch_size, gen=GenerationConfig(**cfg.generation),
-        memory_off=cfg.memory_off, total=cfg.limit,
+        policy,
+        questions,
+        batch_size=cfg.batch_size,
+        gen=GenerationConfig(**cfg.generation),
+        memory_off=cfg.memory_off,
+        total=cfg.limit,
     )
     official = None
     if cfg.bench:

@@ -23,7 +23,11 @@ COLOURS: dict[str, tuple[int, int, int]] = {  # also the canonical order of colo
     "purple": (170, 70, 230),
 }
 SHAPES = ("circle", "square", "triangle", "cross")  # also the canonical order of shape options
-BACKGROUND = (120, 118, 110)  # mid-grey ~ the CLIP pixel mean: background patches normalise to ~0, objects stand out
+BACKGROUND = (
+    120,
+    118,
+    110,
+)  # mid-grey ~ the CLIP pixel mean: background patches normalise to ~0, objects stand out
 
 
 @dataclass

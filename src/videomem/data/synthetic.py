@@ -60,7 +60,9 @@ class SynthConfig:
     max_objects: int = 2
     radius: float = 9.0  # count / first / filler objects (px at `size`)
     speed: float = 1.0  # px per frame
-    shape_radius: float = 7.0  # the shape question's object: smaller than the rest (shapes are the hard family)
+    shape_radius: float = (
+        7.0  # the shape question's object: smaller than the rest (shapes are the hard family)
+    )
     shape_speed: float = 1.0
     families: tuple[str, ...] = FAMILIES
     shuffle_options: bool = False

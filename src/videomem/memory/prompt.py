@@ -76,7 +76,9 @@ def parse_output(text: str, num_options: int = 4) -> ParsedOutput:
             answer = letter
     strict = _STRICT_RE.fullmatch(text) is not None
     format_ok = strict and memory is not None and answer is not None
-    return ParsedOutput(memory=memory.strip() if memory is not None else None, answer=answer, format_ok=format_ok)
+    return ParsedOutput(
+        memory=memory.strip() if memory is not None else None, answer=answer, format_ok=format_ok
+    )
 
 
 def format_target(memory: str, answer: str) -> str:
@@ -110,10 +112,7 @@ def user_text(
     if span is not None:
         where += f" ({format_time(span[0])}-{format_time(span[1])})"
     return (
-        f"{where}.\n"
-        f"Question: {question}\n"
-        f"{format_options(options)}\n"
-        f"Memory: {memory.strip() or EMPTY_MEMORY}"
+        f"{where}.\nQuestion: {question}\n{format_options(options)}\nMemory: {memory.strip() or EMPTY_MEMORY}"
     )
 
 

@@ -91,7 +91,12 @@ def _corpus() -> list[str]:
     prompt = "Clip of\nQuestion: Options:\nMemory: (empty)\nUpdate the memory and answer.\n"
     prompt += "You see a long video one clip at a time, never again. Keep a short memory of facts for the question. "
     prompt += "Reply with X an option letter. A. B. C. D. E. 0:00-0:04\n"
-    return lines + extra + [prompt] * 20 + [chars, " ".join(chars), " ".join(string.digits) + " 0.5 1.5 2.5 seconds"]
+    return (
+        lines
+        + extra
+        + [prompt] * 20
+        + [chars, " ".join(chars), " ".join(string.digits) + " 0.5 1.5 2.5 seconds"]
+    )
 
 
 @functools.lru_cache(maxsize=4)

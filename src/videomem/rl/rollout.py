@@ -90,7 +90,9 @@ class _Frontier:
     memory: str
 
 
-def _summary(tree: RolloutTree, memory_tokens: list[int], format_ok: list[bool], num_prompts: int) -> dict[str, float]:
+def _summary(
+    tree: RolloutTree, memory_tokens: list[int], format_ok: list[bool], num_prompts: int
+) -> dict[str, float]:
     nodes = tree.nodes
     if not nodes:
         return {}
@@ -107,7 +109,11 @@ def _summary(tree: RolloutTree, memory_tokens: list[int], format_ok: list[bool],
     }
     for name in nodes[0].reward_terms:
         stats[f"reward/{name}"] = sum(n.reward_terms[name] for n in nodes) / len(nodes)
-    last = [n for n in nodes if n.clip_index == max(m.clip_index for m in nodes if m.example_index == n.example_index)]
+    last = [
+        n
+        for n in nodes
+        if n.clip_index == max(m.clip_index for m in nodes if m.example_index == n.example_index)
+    ]
     stats["final_answer_accuracy"] = sum(n.reward_terms.get("answer", 0.0) for n in last) / len(last)
     return stats
 
@@ -149,8 +155,13 @@ def prpo_rollout(
         prompts = [(i, f) for i in active for f in frontiers[i]]
         num_prompts += len(prompts)
         outputs = generate_step(
-            policy, [qas[i] for i, _ in prompts], t, [f.memory for _, f in prompts], gen,
-            num_samples=per_prompt, generator=generator,
+            policy,
+            [qas[i] for i, _ in prompts],
+            t,
+            [f.memory for _, f in prompts],
+            gen,
+            num_samples=per_prompt,
+            generator=generator,
         )
         for i in active:
             qa = qas[i]
@@ -160,9 +171,16 @@ def prpo_rollout(
             parsed = [parse_output(o, len(qa.options)) for o in texts]
             tokens = [policy.count_tokens(p.memory) if p.memory is not None else 0 for p in parsed]
             totals, terms = compute_rewards(
-                texts, [qa.answer] * len(texts), weights=reward.weights(), clip_index=t, num_clips=qa.num_clips,
-                tcr=reward.tcr, answer_weight_schedule=reward.answer_weight_schedule,
-                memory_tokens=tokens, max_memory_tokens=reward.max_memory_tokens, num_options=len(qa.options),
+                texts,
+                [qa.answer] * len(texts),
+                weights=reward.weights(),
+                clip_index=t,
+                num_clips=qa.num_clips,
+                tcr=reward.tcr,
+                answer_weight_schedule=reward.answer_weight_schedule,
+                memory_tokens=tokens,
+                max_memory_tokens=reward.max_memory_tokens,
+                num_options=len(qa.options),
             )
             # groups: siblings of one parent with PSP; all G chains of this clip without
             keys = [id(f) if cfg.psp else 0 for f in parents]
@@ -172,19 +190,29 @@ def prpo_rollout(
             messages_of = {id(f): step_messages(qa, t, f.memory, policy.system_prompt) for f, _ in rows}
             for k, (text, p, f) in enumerate(zip(texts, parsed, parents)):
                 node = tree.add(
-                    parent_id=f.node_id, example_index=i, clip_index=t, memory_in=f.memory, output=text,
-                    memory_out=p.memory, reward=totals[k], advantage=adv[k],
+                    parent_id=f.node_id,
+                    example_index=i,
+                    clip_index=t,
+                    memory_in=f.memory,
+                    output=text,
+                    memory_out=p.memory,
+                    reward=totals[k],
+                    advantage=adv[k],
                     reward_terms={name: vals[k] for name, vals in terms.items()},
                 )
                 nodes.append(node)
-                samples.append(RolloutSample(node.node_id, i, t, messages_of[id(f)], qa.clips[t], text, adv[k]))
+                samples.append(
+                    RolloutSample(node.node_id, i, t, messages_of[id(f)], qa.clips[t], text, adv[k])
+                )
             memory_tokens += tokens
             format_ok += [p.format_ok for p in parsed]
             frontiers[i] = _next_frontier(nodes, parsed, parents, cfg, t, generator, train_step)
     return Rollout(tree, samples, _summary(tree, memory_tokens, format_ok, num_prompts))
 
 
-def _next_frontier(nodes, parsed, parents, cfg: RolloutConfig, t: int, generator, train_step) -> list[_Frontier]:
+def _next_frontier(
+    nodes, parsed, parents, cfg: RolloutConfig, t: int, generator, train_step
+) -> list[_Frontier]:
     """Memories carried to clip t+1 (method.md section 3, step 4)."""
     if not cfg.psp:  # each chain carries its own memory (or its previous one when invalid)
         return [

@@ -125,16 +125,24 @@ class PRPOModule(LightningModule):
         try:
             with gathered_for_generation(self.policy):
                 return prpo_rollout(
-                    self.policy, batch, self.rollout_cfg, self.reward_cfg, generator=self._generator,
+                    self.policy,
+                    batch,
+                    self.rollout_cfg,
+                    self.reward_cfg,
+                    generator=self._generator,
                     train_step=self.global_step,
                 )
         finally:
             self.policy.train(was_training)
 
     # ---- update --------------------------------------------------------------------------------
-    def _micro_loss(self, samples: list[RolloutSample], num_tokens: float, weight: float) -> tuple[torch.Tensor, dict]:
+    def _micro_loss(
+        self, samples: list[RolloutSample], num_tokens: float, weight: float
+    ) -> tuple[torch.Tensor, dict]:
         inputs = self.policy.build_inputs(
-            [s.messages for s in samples], [s.video for s in samples], completions=[s.completion for s in samples]
+            [s.messages for s in samples],
+            [s.video for s in samples],
+            completions=[s.completion for s in samples],
         ).to(self.device)
         hidden = self.policy.hidden_states(inputs)[:, :-1]  # [B, L-1, H] predicts tokens 1..L-1
         targets = inputs.input_ids[:, 1:]  # [B, L-1]
@@ -148,12 +156,22 @@ class PRPOModule(LightningModule):
                 ref = torch.log_softmax(ref_logits.float() / self.rollout_cfg.temperature, -1)
                 ref = ref.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # [B, L-1]
         kwargs = dict(
-            ref_logprobs=ref, eps_low=self.eps_low, eps_high=self.eps_high, kl_coef=self.kl_coef,
-            temperature=self.rollout_cfg.temperature, num_tokens=num_tokens,
+            ref_logprobs=ref,
+            eps_low=self.eps_low,
+            eps_high=self.eps_high,
+            kl_coef=self.kl_coef,
+            temperature=self.rollout_cfg.temperature,
+            num_tokens=num_tokens,
         )
         if self.use_liger:
             loss, stats = fused_grpo_loss(
-                hidden, self.policy.lm_head_weight, targets, mask, adv, chunk_size=self.liger_chunk_size, **kwargs
+                hidden,
+                self.policy.lm_head_weight,
+                targets,
+                mask,
+                adv,
+                chunk_size=self.liger_chunk_size,
+                **kwargs,
             )
         else:
             loss, stats = naive_grpo_loss(hidden, self.policy.lm_head_weight, targets, mask, adv, **kwargs)
@@ -172,7 +190,9 @@ class PRPOModule(LightningModule):
         stats_t = torch.tensor([float(sum(tokens)), 0.0], device=self.device)
         if self.skip_zero_advantage and not self.kl_coef:
             samples = [s for s in samples if s.advantage != 0.0]
-        chunks = [samples[i : i + self.micro_batch_size] for i in range(0, len(samples), self.micro_batch_size)]
+        chunks = [
+            samples[i : i + self.micro_batch_size] for i in range(0, len(samples), self.micro_batch_size)
+        ]
         stats_t[1] = len(chunks)
         if distributed:  # global token count and equal micro-batch counts, once per step (not per call)
             sums = stats_t[:1].clone()
@@ -204,17 +224,25 @@ class PRPOModule(LightningModule):
 
         n_upd = max(1, sum(len(c) for c in chunks) * self.epochs)
         metrics = {f"rollout/{k}": v for k, v in rollout.stats.items()}
-        metrics.update({
-            "train/loss": loss_sum,
-            "train/clip_fraction": clip_sum / n_upd,
-            "train/kl": kl_sum / n_upd,
-            "train/update_samples": float(sum(len(c) for c in chunks)),
-            "train/response_tokens": num_tokens,
-            "time/rollout_s": t_rollout,
-            "time/update_s": t_update,
-        })
+        metrics.update(
+            {
+                "train/loss": loss_sum,
+                "train/clip_fraction": clip_sum / n_upd,
+                "train/kl": kl_sum / n_upd,
+                "train/update_samples": float(sum(len(c) for c in chunks)),
+                "train/response_tokens": num_tokens,
+                "time/rollout_s": t_rollout,
+                "time/update_s": t_update,
+            }
+        )
         self.log_dict(metrics, batch_size=len(batch))
-        self.log("reward", rollout.stats.get("reward/total", 0.0), prog_bar=True, batch_size=len(batch), logger=False)
+        self.log(
+            "reward",
+            rollout.stats.get("reward/total", 0.0),
+            prog_bar=True,
+            batch_size=len(batch),
+            logger=False,
+        )
         if self.log_trees and batch_idx % self.log_trees == 0:
             experiment = getattr(self.logger, "experiment", None)
             if hasattr(experiment, "add_text"):
@@ -235,4 +263,7 @@ class PRPOModule(LightningModule):
         optimizer = self.optimizer_factory(params=[p for p in self.policy.parameters() if p.requires_grad])
         if self.scheduler_factory is None:
             return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer=optimizer)}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer=optimizer)},
+        }

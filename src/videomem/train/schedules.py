@@ -8,7 +8,9 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
 
-def warmup_cosine(optimizer: Optimizer, warmup_steps: int, total_steps: int, min_ratio: float = 0.1) -> LambdaLR:
+def warmup_cosine(
+    optimizer: Optimizer, warmup_steps: int, total_steps: int, min_ratio: float = 0.1
+) -> LambdaLR:
     """Linear warm-up to the base LR over ``warmup_steps``, then cosine decay to ``min_ratio`` x base."""
 
     def factor(step: int) -> float:

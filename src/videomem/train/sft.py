@@ -56,7 +56,9 @@ def sft_steps(
     out = []
     for t in steps:
         prev = qa.memories[t - 1] if t > 0 else ""
-        out.append((step_messages(qa, t, prev, system_prompt), qa.clips[t], format_target(qa.memories[t], qa.answer)))
+        out.append(
+            (step_messages(qa, t, prev, system_prompt), qa.clips[t], format_target(qa.memories[t], qa.answer))
+        )
     return out
 
 
@@ -118,7 +120,9 @@ class SFTModule(LightningModule):
         n_target = (inputs.labels != -100).sum()
         self.log("train/loss", loss, prog_bar=True, batch_size=len(steps))
         self.log("train/target_tokens", n_target.float(), batch_size=len(steps))
-        self.log("train/prompt_tokens", inputs.attention_mask.sum().float() / len(steps), batch_size=len(steps))
+        self.log(
+            "train/prompt_tokens", inputs.attention_mask.sum().float() / len(steps), batch_size=len(steps)
+        )
         return loss
 
     def on_validation_epoch_start(self) -> None:

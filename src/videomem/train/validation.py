@@ -26,7 +26,9 @@ def result_text(result: LoopResult) -> str:
     qa = result.qa
     lines = [f"**{qa.video_id} / {qa.qid}** ({qa.category}) {qa.question} gold={qa.answer}", ""]
     for t, s in enumerate(result.steps):
-        lines.append(f"- clip {t + 1}: answer={s.parsed.answer} format_ok={s.parsed.format_ok} memory: `{s.memory_out}`")
+        lines.append(
+            f"- clip {t + 1}: answer={s.parsed.answer} format_ok={s.parsed.format_ok} memory: `{s.memory_out}`"
+        )
     return "\n".join(lines)
 
 
@@ -100,7 +102,9 @@ class LoopValidation:
         values = self.metrics.compute()
         n = int(values.pop("n"))
         for name, value in flatten_metrics(values, prefix).items():
-            module.log(name, value, prog_bar=name == f"{prefix}/accuracy", batch_size=max(n, 1), sync_dist=False)
+            module.log(
+                name, value, prog_bar=name == f"{prefix}/accuracy", batch_size=max(n, 1), sync_dist=False
+            )
         experiment = getattr(module.logger, "experiment", None)
         if self.samples and hasattr(experiment, "add_text"):
             experiment.add_text(f"{prefix}/memories", "\n\n".join(self.samples), module.global_step)
