@@ -95,3 +95,44 @@ def test_cli_limit_and_nothing_found(videos_dir, tmp_path, capsys):
     empty.mkdir()
     argv[argv.index(str(videos_dir))] = str(empty)
     assert importer.main([*argv, "--out", str(tmp_path / "b")]) == 1
+
+
+def test_make_eval_with_bench_scores_imported_shards_officially(videos_dir, tmp_path, compose_cfg):
+    """`make eval BENCH=videomme SHARDS=<imported>`: the loop runs, the official aggregate is reported."""
+    from videomem.eval.importer import import_benchmark
+    from videomem.model.policy import build_policy
+    from videomem.run_eval import run
+
+    shards = tmp_path / "shards"
+    import_benchmark(
+        "videomme", VIDEOMME_JSON, videos_dir, shards, num_clips=2, frames_per_clip=4, max_side=32
+    )
+    ckpt = tmp_path / "policy"
+    build_policy(
+        "qwen2_5_vl", tiny={"hidden_size": 64, "num_hidden_layers": 1}, system_prompt=""
+    ).save_pretrained(ckpt)
+    out = tmp_path / "r.json"
+    cfg = compose_cfg(
+        "eval",
+        [
+            f"ckpt={ckpt}",
+            f"shards={shards}",
+            "bench=videomme",
+            f"out={out}",
+            "frames_per_clip=4",
+            "frame_size=[28,28]",
+            "generation.max_new_tokens=4",
+        ],
+    )
+    result = run(cfg)
+    saved = json.loads(out.read_text())
+    assert saved["n"] == 3 and saved["settings"]["bench"] == "videomme"
+    official = saved["official"]
+    assert official["n"] == 3 and set(official) >= {
+        "score",
+        "accuracy",
+        "parse_failure_rate",
+        "duration/short",
+    }
+    assert official["accuracy"] == pytest.approx(result["accuracy"])  # same records, same final answers
+    assert out.with_suffix(".md").read_text().count("official") >= 3

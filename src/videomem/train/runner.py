@@ -60,5 +60,8 @@ def validate(cfg: DictConfig) -> tuple[L.LightningModule, dict[str, float]]:
     """
     datamodule, module, trainer = build(cfg, callbacks=False)
     log.info("validating %s", cfg.module._target_)
-    (metrics,) = trainer.validate(module, datamodule=datamodule)
+    results = trainer.validate(module, datamodule=datamodule)  # [] when validation is switched off
+    if not results:
+        module.configure_model()
+    metrics = results[0] if results else {}
     return module, {k: float(v) for k, v in metrics.items()}
