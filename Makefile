@@ -11,6 +11,8 @@ ARGS ?=
 CKPT ?= logs/sft/latest
 OUT ?=
 PYTEST_ARGS ?=
+# the tiny default was trained on 56x56 frames; for a real checkpoint use e.g. ANSWER_ARGS="--max-pixels 131072"
+ANSWER_ARGS ?= --frame-size 56 56
 
 .DEFAULT_GOAL := help
 .PHONY: help install demo data sft prpo ablate compare eval eval-clips shards answer export test bench lint format clean
@@ -64,7 +66,7 @@ shards: install ## Import a benchmark as shards: BENCH=<videomme|lvbench|mlvu|lo
 answer: install ## Answer a question about a real mp4 clip by clip (VIDEO=..., CKPT=...)
 	$(PY) -m videomem.cli answer $(or $(VIDEO),$$($(PY) -c 'from videomem.cli import sample_video; print(sample_video())')) \
 		--question "What is the main animal in the video?" --option rabbit --option bird --option fish --option dog \
-		--clips 4 $(if $(CKPT),--checkpoint $(CKPT))
+		--clips 4 $(if $(CKPT),--checkpoint $(CKPT)) $(ANSWER_ARGS)
 
 export: install ## Any checkpoint (policy dir, Lightning .ckpt, sharded ckpt dir) -> transformers dir: CKPT=... OUT=dir
 	$(PY) -m videomem.cli export $(CKPT) $(OUT) $(ARGS)
