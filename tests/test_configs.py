@@ -12,7 +12,6 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 from videomem import CONFIG_DIR
 
 EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
-ABLATIONS = sorted(p.stem for p in (Path(CONFIG_DIR) / "ablation").glob("*.yaml"))
 SWITCHES = ["psp=false", "tcr=false", "memory_penalty=false", "cold_start=false", "prpo=false"]
 
 

@@ -94,9 +94,8 @@ def run(cfg: DictConfig) -> dict:
     with SummaryWriter(str(out_dir / "tensorboard")) as writer:
         for name, value in flatten_metrics({k: v for k, v in metrics.items() if k != "n"}, "eval").items():
             writer.add_scalar(name, value, 0)
-    summary = {k: v for k, v in metrics.items()}
-    log.info("eval: %s", json.dumps(summary))
-    print(json.dumps(summary, indent=2))
+    log.info("eval: %s", json.dumps(metrics))
+    print(json.dumps(metrics, indent=2))
     print(f"written: {', '.join(map(str, paths))}")
     return result
 

@@ -23,7 +23,13 @@ import torch
 from videomem.data.types import VideoQA
 from videomem.memory.loop import GenerationConfig, generate_step, step_messages
 from videomem.memory.prompt import parse_output
-from videomem.rl.advantages import RolloutTree, group_advantages, psp_select, psp_temperature
+from videomem.rl.advantages import (
+    RolloutTree,
+    group_advantages,
+    group_ids_from_keys,
+    psp_select,
+    psp_temperature,
+)
 from videomem.rl.rewards import compute_rewards
 
 
@@ -109,11 +115,10 @@ def _summary(
     }
     for name in nodes[0].reward_terms:
         stats[f"reward/{name}"] = sum(n.reward_terms[name] for n in nodes) / len(nodes)
-    last = [
-        n
-        for n in nodes
-        if n.clip_index == max(m.clip_index for m in nodes if m.example_index == n.example_index)
-    ]
+    final_clip: dict[int, int] = {}
+    for n in nodes:
+        final_clip[n.example_index] = max(final_clip.get(n.example_index, 0), n.clip_index)
+    last = [n for n in nodes if n.clip_index == final_clip[n.example_index]]
     stats["final_answer_accuracy"] = sum(n.reward_terms.get("answer", 0.0) for n in last) / len(last)
     return stats
 
@@ -183,8 +188,7 @@ def prpo_rollout(
                 num_options=len(qa.options),
             )
             # groups: siblings of one parent with PSP; all G chains of this clip without
-            keys = [id(f) if cfg.psp else 0 for f in parents]
-            gids = torch.tensor([keys.index(k) for k in keys])
+            gids = group_ids_from_keys([id(f) if cfg.psp else 0 for f in parents])
             adv = group_advantages(torch.tensor(totals, dtype=torch.float64), gids).tolist()
             nodes = []
             messages_of = {id(f): step_messages(qa, t, f.memory, policy.system_prompt) for f, _ in rows}
