@@ -184,3 +184,20 @@ def test_cli_and_config_validation(tmp_path, capsys):
     assert json.loads((tmp_path / "train" / "stats.json").read_text())["config"]["size"] == 48
     with pytest.raises(ValueError):
         SynthConfig(size=63)
+
+
+@pytest.mark.parametrize("spread", [True, False])
+def test_counted_objects_spread_over_clips(spread, tmp_path):
+    """spread_count: one counted object per clip while clips remain (a clip holds two only when the
+    count exceeds the clips after an empty opening); without it one clip often holds several."""
+    generate_dataset(
+        tmp_path, splits={"train": 48}, seed=5, workers=1, families=("count",), spread_count=spread
+    )
+    shared = 0
+    for m in _metas(tmp_path, "train"):
+        (q,) = m["questions"]
+        per_clip = [sum(o["colour"] == q["target"] for o in m["objects"] if o["clip"] == t) for t in range(4)]
+        clips_left = 4 - min(o["clip"] for o in m["objects"])  # clips from the first non-empty one
+        if sum(per_clip) <= clips_left:
+            shared += max(per_clip) > 1
+    assert (shared == 0) if spread else shared > 0

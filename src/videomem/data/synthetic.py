@@ -16,7 +16,9 @@ one) and options keep one canonical order unless `shuffle_options`. Evidence is 
 per split and family exactly floor(N * last_clip_rate) questions place their evidence freely, all others
 are built so the oracle run on the last clip alone does not give the gold answer (the "last-clip-only"
 fraction, reported in stats.json and asserted <= max_last_clip_frac for T >= 2; with T = 1 it is 1.0
-by definition). The shape family's object has its own size and speed knobs (smaller = harder).
+by definition). The shape family's object has its own size and speed knobs (smaller = harder). With
+`spread_count` (default) the counted objects fall in distinct clips while clips remain, so each memory
+update adds at most one (two in one clip only when the count exceeds the clips left).
 
 Deliberately not here: prompts (memory/prompt.py), tokenisation (model/tiny.py reads `tokenizer_corpus`),
 streaming (datamodule.py). Shards follow the schema in shards.py.
@@ -64,6 +66,7 @@ class SynthConfig:
         7.0  # the shape question's object: smaller than the rest (shapes are the hard family)
     )
     shape_speed: float = 1.0
+    spread_count: bool = True  # counted objects in distinct clips while clips remain (False: may share)
     families: tuple[str, ...] = FAMILIES
     shuffle_options: bool = False
     last_clip_rate: float = 0.15  # fraction of questions whose evidence may fall in the last clip
@@ -188,9 +191,17 @@ def build_scene(
     if sc is not None:
         objects.append(obj(t0 if fc == sc else pick(free["shape"]), sc, special=True))
         objects[-1].shape = qs["shape"][1]
-    counted = [obj(pick(free["count"]), cc) for _ in range(k)]
-    if counted and fc == cc:
-        counted[0].clip = t0
+    if cfg.spread_count and cc is not None:  # one counted object per clip while clips remain
+        avail = list(range(t0, T if free["count"] or k > 1 else T - 1))
+        first = [t0] if fc == cc else []
+        rest = [t for t in avail if t not in first]
+        clips = first + [int(t) for t in rng.permutation(rest)[: k - len(first)]]
+        clips += [int(rng.choice(avail)) for _ in range(k - len(clips))]  # more objects than clips
+        counted = [obj(t, cc) for t in clips]
+    else:
+        counted = [obj(pick(free["count"]), cc) for _ in range(k)]
+        if counted and fc == cc:
+            counted[0].clip = t0
     if counted and not free["count"] and all(o.clip == T - 1 for o in counted):
         counted[int(rng.integers(k))].clip = pick(False)
     objects += counted
@@ -388,6 +399,7 @@ def main(argv: list[str] | None = None) -> dict:
         p.add_argument("--" + name.replace("_", "-"), type=type(value), default=value)
     p.add_argument("--families", nargs="+", default=list(FAMILIES), choices=FAMILIES)
     p.add_argument("--shuffle-options", action="store_true")
+    p.add_argument("--no-spread-count", dest="spread_count", action="store_false")
     a = vars(p.parse_args(argv))
     out, splits = a.pop("out"), {s: a.pop(s) for s in ("train", "val", "test")}
     stats = generate_dataset(
