@@ -122,3 +122,19 @@ def test_variant_reaches_the_module(compose_cfg, variant: str) -> None:
     assert (module.reward_cfg.weights()["memory_length"] == 0.0) is (not want["memory_penalty"])
     assert module.cold_start is want["cold_start"]
     assert cfg.prpo is want["prpo"]
+
+
+@pytest.mark.parametrize("name", sorted(SWEEPS))
+def test_sweep_dir_resolves_before_hydra_runtime_exists(name: str, monkeypatch) -> None:
+    """Hydra's basic sweeper reads ``hydra.sweep.dir`` before any job's HydraConfig is set, so the
+    paths it uses must not need ``${hydra:...}`` (``make ablate`` died on exactly that)."""
+    monkeypatch.delenv("VIDEOMEM_ROOT", raising=False)
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            cfg = compose(config_name="prpo", overrides=[f"+ablation={name}"], return_hydra_config=True)
+    finally:
+        GlobalHydra.instance().clear()
+    monkeypatch.setattr(HydraConfig.instance(), "cfg", None)  # as in a fresh `-m` process
+    sweep_dir = Path(cfg.hydra.sweep.dir)
+    assert sweep_dir.parts[:3] == ("logs", "ablation", name)

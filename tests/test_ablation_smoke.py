@@ -29,8 +29,8 @@ TINY = [
 ]
 
 
-def run(*args: str) -> None:
-    proc = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True)
+def run(*args: str, cwd: Path | None = None) -> None:
+    proc = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, cwd=cwd)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
@@ -38,9 +38,10 @@ def run(*args: str) -> None:
 def test_cold_start_sweep_runs_and_compares(tmp_path: Path) -> None:
     data, logs = tmp_path / "data", tmp_path / "logs"
     run("videomem.cli", "synth", "--out", str(data), "--train", "8", "--val", "4", "--test", "4")
-    shards = [f"data.train_shards={data}/train", f"data.val_shards={data}/val", f"paths.log_dir={logs}"]
-    run("videomem.run_sft", "trainer.max_steps=2", "data.val_limit=4", "num_threads=1", *shards)
-    run("videomem.run_prpo", "-m", "+ablation=cold_start", "seed=0", *TINY, *shards)
+    shards = [f"data.train_shards={data}/train", f"data.val_shards={data}/val"]
+    # started in tmp_path with the default paths (logs/ under the working dir), as `make ablate` is
+    run("videomem.run_sft", "trainer.max_steps=2", "data.val_limit=4", "num_threads=1", *shards, cwd=tmp_path)
+    run("videomem.run_prpo", "-m", "+ablation=cold_start", "seed=0", *TINY, *shards, cwd=tmp_path)
 
     (sweep,) = (logs / "ablation" / "cold_start").iterdir()
     jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
