@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from videomem.data.datamodule import (
+    CategoryKeep,
     EvalStream,
     VideoQADataModule,
     WorkerSeed,
@@ -98,6 +99,44 @@ def test_train_stream_is_seeded(shards):
 
     assert first_epoch(0) == first_epoch(0)
     assert first_epoch(0) != first_epoch(1)
+
+
+def _fake(category: str) -> VideoQA:
+    return VideoQA("v", "q", "?", ["a", "b"], "A", category, [], [])
+
+
+def test_category_keep_keeps_each_family_with_its_probability():
+    questions = [_fake(c) for c in ("count", "first", "shape", "other") for _ in range(4000)]
+    stage = CategoryKeep({"count": 1.0, "first": 0.2, "shape": 0.5, "never": 0.0}, seed=3)
+    kept = Counter(qa.category for qa in stage(iter(questions)))
+    assert kept["count"] == 4000 and kept["other"] == 4000  # probability 1, and unnamed: always kept
+    assert abs(kept["first"] / 4000 - 0.2) < 0.03 and abs(kept["shape"] / 4000 - 0.5) < 0.03
+    drop_shape = [qa.category for qa in CategoryKeep({"shape": 0.0})(iter(questions))]
+    assert "shape" not in drop_shape and len(drop_shape) == 12000
+
+    def run(seed):
+        return [qa.category for qa in CategoryKeep({"count": 0.5, "first": 0.1}, seed=seed)(iter(questions))]
+
+    assert run(3) == run(3) != run(4)
+    for bad in ({"count": 1.5}, {"count": -0.1}):
+        with pytest.raises(ValueError):
+            CategoryKeep(bad)
+
+
+def test_category_keep_in_the_training_stream(shards):
+    dm = VideoQADataModule(
+        train_shards=str(shards / "train"),
+        batch_size=4,
+        frames_per_clip=2,
+        frame_size=None,
+        backend="pyav",
+        shuffle_buffer=8,
+        epoch_length=40,
+        category_keep={"count": 0.0, "shape": 0.0},
+    )
+    batches = list(dm.train_dataloader())
+    assert len(batches) == 10 and all(len(b) == 4 for b in batches)  # the epoch still fills up
+    assert {qa.category for b in batches for qa in b} == {"first"}
 
 
 def test_default_epoch_is_all_training_questions(shards):

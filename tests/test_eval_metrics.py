@@ -119,3 +119,20 @@ def test_ddp_two_processes_sync_to_the_worked_numbers(categories):
         p.join(timeout=30)
     for rank in (0, 1):
         _check_worked_numbers(results[rank])
+
+
+def test_memory_match_against_teacher_memories_worked_numbers():
+    m = MemoryQAMetrics(num_clips=3)
+    m.update(**BATCH2)  # no memories given: no memory_match figure
+    assert "memory_match" not in m.compute()
+    m.update(
+        **BATCH1,
+        memories=[["red: 1", "red:  2", "red: 2"], ["", "first: blue", "first: red"]],
+        teacher_memories=[["red: 1", "red: 2", "red: 3"], ["", "first: blue", "first: blue"]],
+    )
+    # a question without teacher memories is left out of memory_match (but counts for accuracy)
+    m.update(**BATCH2, memories=[["a", "b", "c"]], teacher_memories=[None])
+    out = m.compute()
+    # clip 1: both match; clip 2: both ("red:  2" matches after whitespace normalisation); clip 3: neither
+    assert out["memory_match"] == pytest.approx([1.0, 1.0, 0.0])
+    assert out["n"] == 4

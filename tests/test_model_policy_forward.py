@@ -86,3 +86,16 @@ def test_decode_and_count_tokens(policy):
     assert policy.decode(ids + [im_end]) == text  # special tokens dropped, tags kept
     assert policy.count_tokens(text) == len(ids)
     assert policy.count_tokens("") == 0
+
+
+def test_finer_vision_patches_same_llm_tokens():
+    """vision_patch_size 7 with merge 4 covers 28 px per LLM token like 14 x 2: same token count."""
+    coarse = build_policy(tiny={"vision_depth": 1})
+    fine = build_policy(tiny={"vision_depth": 1, "vision_patch_size": 7, "vision_merge_size": 4})
+    assert coarse.patch_multiple == fine.patch_multiple == 28
+    video = [torch.zeros(4, 56, 56, 3, dtype=torch.uint8)]
+    msgs = [[{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "Q"}]}]]
+    a, b = coarse.build_inputs(msgs, video), fine.build_inputs(msgs, video)
+    assert torch.equal(a.input_ids, b.input_ids)  # 2 frame pairs x 2 x 2 tokens each
+    assert b.pixel_values_videos.shape == (2 * 8 * 8, 3 * 2 * 7 * 7)
+    assert fine.hidden_states(b).shape == coarse.hidden_states(a).shape

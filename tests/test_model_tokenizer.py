@@ -109,5 +109,8 @@ def test_tiny_config_overrides_and_unknown_keys(tok):
     assert config.text_config.hidden_size == 256 and config.vision_config.out_hidden_size == 256
     with pytest.raises(KeyError):
         tiny_config("qwen3_vl", tok, {"hiden_size": 64})
+    # patch and merge sizes of the vision tower (finer patches, more of them per LLM token)
+    config = tiny_config("qwen2_5_vl", tok, {"vision_patch_size": 7, "vision_merge_size": 4})
+    assert config.vision_config.patch_size == 7 and config.vision_config.spatial_merge_size == 4
     assert mrope_section("qwen2_5_vl", 128) == [16, 24, 24]
     assert mrope_section("qwen3_vl", 128) == [24, 20, 20]

@@ -70,8 +70,21 @@ def _overrides(shards: Path, sft_ckpt: Path, extra: list[str]) -> list[str]:
         ["memory_penalty=false"],
         ["cold_start=false"],
         ["module.rollout.keep=2"],
+        [
+            "module.reward.scale_advantages=false",
+            "module.reward.answer_weight_schedule=linear",
+            "data.category_keep={shape:0.0}",
+        ],
     ],
-    ids=["full", "psp=false", "tcr=false", "memory_penalty=false", "cold_start=false", "keep=2"],
+    ids=[
+        "full",
+        "psp=false",
+        "tcr=false",
+        "memory_penalty=false",
+        "cold_start=false",
+        "keep=2",
+        "mean_centred+linear+no_shape",
+    ],
 )
 def test_switch_trains_one_step(compose_cfg, shards, sft_ckpt, switch: list[str], monkeypatch) -> None:
     import videomem.rl.rollout as rollout

@@ -34,6 +34,27 @@ def test_group_advantages_per_group_and_degenerate_groups_are_zero():
     assert torch.allclose(a[6:], torch.tensor([-1.0, 1.0]), atol=1e-5)
 
 
+def test_group_advantages_unscaled_is_mean_centred_and_keeps_reward_scale():
+    # one lucky sample of 4: z-score gives sqrt(3) = 1.732, mean-centred 1 - 1/4 = 0.75
+    lucky = torch.tensor([1.0, 0.0, 0.0, 0.0])
+    assert torch.allclose(
+        group_advantages(lucky, torch.zeros(4)),
+        torch.tensor([1.7320508, -0.5773503, -0.5773503, -0.5773503]),
+        atol=1e-5,
+    )
+    a = group_advantages(lucky, torch.zeros(4), scale=False)
+    assert torch.allclose(a, torch.tensor([0.75, -0.25, -0.25, -0.25]))
+    # a reward weight of 0.25 (linear schedule, clip 1 of 4) survives without scaling, cancels with it
+    assert torch.allclose(group_advantages(0.25 * lucky, torch.zeros(4), scale=False), 0.25 * a)
+    assert torch.allclose(
+        group_advantages(0.25 * lucky, torch.zeros(4)), group_advantages(lucky, torch.zeros(4)), atol=1e-4
+    )
+    # degenerate groups stay exactly zero
+    assert torch.equal(
+        group_advantages(torch.tensor([0.3, 0.3, 2.0]), torch.tensor([0, 0, 1]), scale=False), torch.zeros(3)
+    )
+
+
 def test_group_ids_from_keys_first_seen_order():
     assert group_ids_from_keys([("a", 0), ("b", 0), ("a", 0), ("a", 1)]).tolist() == [0, 1, 0, 2]
 

@@ -28,6 +28,7 @@ import json
 import logging
 import math
 import os
+import random
 import tarfile
 from collections.abc import Iterator
 
@@ -95,6 +96,28 @@ class WorkerSeed:
         return self.rank * 1000 + _worker()[0]
 
 
+class CategoryKeep:
+    """Pipeline stage that keeps a training question of category c with probability ``keep[c]``.
+
+    A mixture knob (like dataset weights in an LLM recipe): spend the training budget where a family
+    gives signal. Categories not named are always kept. Seeded per (seed, rank, worker, pass), so a run
+    is reproducible. Evaluation never goes through it.
+    """
+
+    def __init__(self, keep: dict[str, float], seed: int = 0, rank: int = 0) -> None:
+        if not all(0.0 <= p <= 1.0 for p in keep.values()):
+            raise ValueError(f"keep probabilities must lie in [0, 1], got {keep}")
+        self.keep = dict(keep)
+        self.seed, self.rank, self.passes = seed, rank, 0
+
+    def __call__(self, questions: Iterator[VideoQA]) -> Iterator[VideoQA]:
+        rng = random.Random(f"{self.seed}/{self.rank}/{_worker()[0]}/{self.passes}")
+        self.passes += 1
+        for qa in questions:
+            if rng.random() < self.keep.get(qa.category, 1.0):
+                yield qa
+
+
 class EvalStream(IterableDataset):
     """Deterministic, unshuffled questions of a shard list, split over ranks and workers without overlap.
 
@@ -153,6 +176,8 @@ class VideoQADataModule(L.LightningDataModule):
         seed: Seed of shard resampling and shuffling.
         val_limit: Keep only the first N validation questions (shard order); None = all.
         epoch_length: Training questions per epoch over all ranks; None = questions in the train shards.
+        category_keep: Training mixture, ``{category: probability}`` of keeping a question (unnamed
+            categories: 1); None keeps every question. Must leave some category with a probability > 0.
     """
 
     def __init__(
@@ -169,6 +194,7 @@ class VideoQADataModule(L.LightningDataModule):
         seed: int = 0,
         val_limit: int | None = None,
         epoch_length: int | None = None,
+        category_keep: dict[str, float] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -212,6 +238,8 @@ class VideoQADataModule(L.LightningDataModule):
             wds.detshuffle(hp.shuffle_buffer, initial=min(hp.shuffle_buffer, 16), seed=hp.seed),
             self._decoder("train"),
         )
+        if hp.category_keep:
+            pipeline.append(CategoryKeep(dict(hp.category_keep), hp.seed, rank))
         return pipeline.with_epoch(per_worker).with_length(per_worker * workers, silent=True)
 
     def train_dataloader(self) -> DataLoader:

@@ -8,7 +8,10 @@ a_T. ``MemoryQAMetrics`` accumulates, with sum states that torchmetrics all-redu
 - ``per_category``: accuracy per category, a question counting in EACH of its categories (LVBench is
   multi-label);
 - ``parse_failure_rate``: a_T unparsable (None);
-- ``format_valid_rate`` and ``mean_memory_tokens``: over all steps of all questions.
+- ``format_valid_rate`` and ``mean_memory_tokens``: over all steps of all questions;
+- ``memory_match`` (only when questions carry teacher memories, as the synthetic shards do): per clip t,
+  the fraction of those questions whose memory after step t equals the teacher's M_t (whitespace
+  normalised). It tells memory-writing errors (perception, updates) from answering errors.
 
 An unparsable answer is wrong, never replaced by a random option; a question without a gold letter
 (MLVU's unanswerable items) is always wrong. Benchmark-specific official aggregates (per duration, MLVU's
@@ -62,6 +65,8 @@ class MemoryQAMetrics(Metric):
         self.add_state("steps", torch.tensor(0, dtype=long), dist_reduce_fx="sum")
         self.add_state("format_valid", torch.tensor(0, dtype=long), dist_reduce_fx="sum")
         self.add_state("memory_tokens", torch.tensor(0, dtype=long), dist_reduce_fx="sum")
+        self.add_state("memory_match", torch.zeros(num_clips, dtype=long), dist_reduce_fx="sum")  # [T]
+        self.add_state("memory_n", torch.tensor(0, dtype=long), dist_reduce_fx="sum")
         if self.categories is not None:
             c = len(self.categories)
             self.add_state("cat_correct", torch.zeros(c, dtype=long), dist_reduce_fx="sum")  # [C]
@@ -75,6 +80,8 @@ class MemoryQAMetrics(Metric):
         categories: Sequence[Sequence[str]],
         format_ok: Sequence[Sequence[bool]],
         memory_tokens: Sequence[Sequence[int]],
+        memories: Sequence[Sequence[str]] | None = None,
+        teacher_memories: Sequence[Sequence[str] | None] | None = None,
     ) -> None:
         """Add a batch of questions.
 
@@ -84,6 +91,8 @@ class MemoryQAMetrics(Metric):
             categories: Per question, all its categories.
             format_ok: Per question, the format flag of each of the T steps.
             memory_tokens: Per question, the memory length in tokens after each of the T steps.
+            memories: Per question, the memory carried after each of the T steps (for ``memory_match``).
+            teacher_memories: Per question, the teacher memories M_1..M_T, or None where it has none.
 
         Raises:
             ValueError: Lists of different lengths, or a question without exactly T steps.
@@ -112,6 +121,14 @@ class MemoryQAMetrics(Metric):
         self.steps += b * self.num_clips
         self.format_valid += sum(bool(f) for flags in format_ok for f in flags)
         self.memory_tokens += sum(int(m) for lengths in memory_tokens for m in lengths)
+        if memories is not None and teacher_memories is not None:
+            norm = " ".join
+            for own, teacher in zip(memories, teacher_memories):
+                if teacher is None or len(teacher) != self.num_clips:
+                    continue
+                self.memory_n += 1
+                match = [norm(a.split()) == norm(b.split()) for a, b in zip(own, teacher)]
+                self.memory_match += torch.tensor(match, dtype=torch.long, device=device)  # [T]
         final = hits[:, -1].tolist()  # [B]
         if self.categories is not None:
             index = {c: i for i, c in enumerate(self.categories)}
@@ -151,7 +168,8 @@ class MemoryQAMetrics(Metric):
 
         Returns:
             ``{"n", "accuracy", "seg_accuracy" (list of T), "per_category" ({category: accuracy}, sorted
-            by name when discovered), "parse_failure_rate", "format_valid_rate", "mean_memory_tokens"}``.
+            by name when discovered), "parse_failure_rate", "format_valid_rate", "mean_memory_tokens"}``,
+            plus ``"memory_match"`` (list of T) when some question had teacher memories.
         """
         seg = [_rate(k, self.n) for k in self.seg_correct]
         if self.categories is not None:
@@ -169,6 +187,11 @@ class MemoryQAMetrics(Metric):
             "parse_failure_rate": _rate(self.parse_failures, self.n),
             "format_valid_rate": _rate(self.format_valid, self.steps),
             "mean_memory_tokens": _rate(self.memory_tokens, self.steps),
+            **(
+                {"memory_match": [_rate(k, self.memory_n) for k in self.memory_match]}
+                if self.memory_n
+                else {}
+            ),
         }
 
     def forward(self, *args, **kwargs) -> None:

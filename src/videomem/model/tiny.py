@@ -151,6 +151,8 @@ TINY_DEFAULTS: dict = {
     "vision_hidden_size": 64,
     "vision_num_heads": 4,
     "vision_intermediate_size": 128,
+    "vision_patch_size": None,  # None: the arch's own (14 Qwen2.5-VL, 16 Qwen3-VL)
+    "vision_merge_size": 2,  # spatial_merge_size: merge x merge patches per LLM token
     "tie_word_embeddings": False,
     "rope_theta": 10000.0,
     "max_position_embeddings": 4096,
@@ -209,7 +211,7 @@ def tiny_config(
         "intermediate_size": c["vision_intermediate_size"],
         "num_heads": c["vision_num_heads"],
         "out_hidden_size": c["hidden_size"],
-        "spatial_merge_size": 2,
+        "spatial_merge_size": c["vision_merge_size"],
         "temporal_patch_size": 2,
     }
     tokens = {
@@ -221,13 +223,18 @@ def tiny_config(
     if arch == "qwen2_5_vl":
         text.update(bos_token_id=None, eos_token_id=ids[EOS])
         vision.update(
-            patch_size=14, tokens_per_second=2, window_size=112, fullatt_block_indexes=[c["vision_depth"] - 1]
+            patch_size=c["vision_patch_size"] or 14,
+            tokens_per_second=2,
+            window_size=112,
+            fullatt_block_indexes=[c["vision_depth"] - 1],
         )
         config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, **tokens)
     else:
         text.update(head_dim=head_dim)
         text["rope_parameters"]["mrope_interleaved"] = True
-        vision.update(patch_size=16, num_position_embeddings=256, deepstack_visual_indexes=[0])
+        vision.update(
+            patch_size=c["vision_patch_size"] or 16, num_position_embeddings=256, deepstack_visual_indexes=[0]
+        )
         config = Qwen3VLConfig(text_config=text, vision_config=vision, **tokens)
     config.tie_word_embeddings = bool(c["tie_word_embeddings"])
     config.text_config.tie_word_embeddings = bool(c["tie_word_embeddings"])

@@ -22,17 +22,21 @@ import torch
 from torch import Tensor
 
 
-def group_advantages(rewards: Tensor, group_ids: Tensor, eps: float = 1e-6) -> Tensor:
+def group_advantages(rewards: Tensor, group_ids: Tensor, eps: float = 1e-6, scale: bool = True) -> Tensor:
     """Group-normalised advantages (method.md section 3, step 3).
 
     A_i = (R_i - mean_g R) / (std_g R + eps), with the POPULATION standard deviation
     std_g = sqrt(mean_g (R - mean_g R)^2) (divide by |g|, not |g| - 1), so rewards [1, 0, 0, 1]
     give [1, -1, -1, 1] up to eps. Groups of size 1 and groups whose rewards are all equal get exactly 0.
+    With ``scale=False`` the advantage is only mean-centred, A_i = R_i - mean_g R (Dr. GRPO): the scale
+    of the rewards then survives, so a per-clip reward weight (``answer_weight_schedule``) changes how
+    much a clip counts, and one lucky sample among G wrong ones gets 1 - 1/G rather than sqrt(G - 1).
 
     Args:
         rewards: [N] rewards.
         group_ids: [N] long, any integer labels; equal labels form a group.
         eps: Added to the standard deviation.
+        scale: Divide by the group standard deviation (the paper); False: mean-centred only.
 
     Returns:
         [N] advantages, same dtype as ``rewards``.
@@ -48,7 +52,7 @@ def group_advantages(rewards: Tensor, group_ids: Tensor, eps: float = 1e-6) -> T
     r_max = zeros.scatter_reduce(0, inverse, rewards, "amax", include_self=False)  # [K]
     r_min = zeros.scatter_reduce(0, inverse, rewards, "amin", include_self=False)  # [K]
     informative = (count > 1) & (r_max > r_min)  # [K]
-    advantages = centred / (std[inverse] + eps)  # [N]
+    advantages = centred / (std[inverse] + eps) if scale else centred  # [N]
     return torch.where(informative[inverse], advantages, torch.zeros_like(advantages))  # [N]
 
 
@@ -192,10 +196,10 @@ class RolloutTree:
         """[N] long group ids in node order (see ``group_keys``)."""
         return group_ids_from_keys(self.group_keys(psp))
 
-    def assign_advantages(self, psp: bool = True, eps: float = 1e-6) -> Tensor:
+    def assign_advantages(self, psp: bool = True, eps: float = 1e-6, scale: bool = True) -> Tensor:
         """Compute group advantages from the nodes' rewards, store them on the nodes, return [N]."""
         rewards = torch.tensor([n.reward for n in self.nodes], dtype=torch.float64)  # [N]
-        advantages = group_advantages(rewards, self.group_ids(psp), eps)  # [N]
+        advantages = group_advantages(rewards, self.group_ids(psp), eps, scale)  # [N]
         for node, a in zip(self.nodes, advantages.tolist()):
             node.advantage = a
         return advantages

@@ -59,6 +59,7 @@ class RewardConfig:
     tcr: bool = True  # False: terminal reward only
     memory_penalty: bool = True  # False: beta = 0 ("w/o MP")
     answer_weight_schedule: str = "constant"  # or "linear" (alpha * t / T)
+    scale_advantages: bool = True  # z-score within the group (paper); False: mean-centred (Dr. GRPO)
 
     def weights(self) -> dict[str, float]:
         return {
@@ -189,7 +190,9 @@ def prpo_rollout(
             )
             # groups: siblings of one parent with PSP; all G chains of this clip without
             gids = group_ids_from_keys([id(f) if cfg.psp else 0 for f in parents])
-            adv = group_advantages(torch.tensor(totals, dtype=torch.float64), gids).tolist()
+            adv = group_advantages(
+                torch.tensor(totals, dtype=torch.float64), gids, scale=reward.scale_advantages
+            ).tolist()
             nodes = []
             messages_of = {id(f): step_messages(qa, t, f.memory, policy.system_prompt) for f, _ in rows}
             for k, (text, p, f) in enumerate(zip(texts, parsed, parents)):

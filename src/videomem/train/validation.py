@@ -40,6 +40,8 @@ def update_metrics(metrics: MemoryQAMetrics, results: list[LoopResult]) -> None:
         [r.qa.categories or [r.qa.category] for r in results],
         [[s.parsed.format_ok for s in r.steps] for r in results],
         [[s.memory_tokens for s in r.steps] for r in results],
+        memories=[[s.memory_out for s in r.steps] for r in results],
+        teacher_memories=[r.qa.memories for r in results],
     )
 
 
