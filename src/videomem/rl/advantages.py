@@ -196,10 +196,10 @@ class RolloutTree:
         """[N] long group ids in node order (see ``group_keys``)."""
         return group_ids_from_keys(self.group_keys(psp))
 
-    def assign_advantages(self, psp: bool = True, eps: float = 1e-6, scale: bool = True) -> Tensor:
+    def assign_advantages(self, psp: bool = True, eps: float = 1e-6) -> Tensor:
         """Compute group advantages from the nodes' rewards, store them on the nodes, return [N]."""
         rewards = torch.tensor([n.reward for n in self.nodes], dtype=torch.float64)  # [N]
-        advantages = group_advantages(rewards, self.group_ids(psp), eps, scale)  # [N]
+        advantages = group_advantages(rewards, self.group_ids(psp), eps)  # [N]
         for node, a in zip(self.nodes, advantages.tolist()):
             node.advantage = a
         return advantages
