@@ -121,6 +121,10 @@ def test_category_keep_keeps_each_family_with_its_probability():
     for bad in ({"count": 1.5}, {"count": -0.1}):
         with pytest.raises(ValueError):
             CategoryKeep(bad)
+    drop_all = CategoryKeep({"count": 0.0, "first": 0.0, "shape": 0.0, "other": 0.0})
+    drop_all.max_dropped_in_a_row = 100
+    with pytest.raises(ValueError, match="dropped 100 training questions in a row"):
+        list(drop_all(iter(questions)))
 
 
 def test_category_keep_in_the_training_stream(shards):

@@ -110,12 +110,25 @@ class CategoryKeep:
         self.keep = dict(keep)
         self.seed, self.rank, self.passes = seed, rank, 0
 
+    #: Consecutive dropped questions after which the keep map is taken to drop everything (the resampled
+    #: training stream is endless, so it would otherwise spin without ever filling a batch).
+    max_dropped_in_a_row = 10_000
+
     def __call__(self, questions: Iterator[VideoQA]) -> Iterator[VideoQA]:
         rng = random.Random(f"{self.seed}/{self.rank}/{_worker()[0]}/{self.passes}")
         self.passes += 1
+        dropped = 0
         for qa in questions:
             if rng.random() < self.keep.get(qa.category, 1.0):
+                dropped = 0
                 yield qa
+            else:
+                dropped += 1
+                if dropped >= self.max_dropped_in_a_row:
+                    raise ValueError(
+                        f"category_keep {self.keep} dropped {dropped} training questions in a row: it "
+                        "leaves no category of these shards with a probability > 0"
+                    )
 
 
 class EvalStream(IterableDataset):
@@ -177,7 +190,8 @@ class VideoQADataModule(L.LightningDataModule):
         val_limit: Keep only the first N validation questions (shard order); None = all.
         epoch_length: Training questions per epoch over all ranks; None = questions in the train shards.
         category_keep: Training mixture, ``{category: probability}`` of keeping a question (unnamed
-            categories: 1); None keeps every question. Must leave some category with a probability > 0.
+            categories: 1); None keeps every question. One that drops every category of the shards
+            raises ValueError instead of spinning on the endless training stream.
     """
 
     def __init__(
