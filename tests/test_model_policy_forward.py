@@ -99,3 +99,18 @@ def test_finer_vision_patches_same_llm_tokens():
     assert torch.equal(a.input_ids, b.input_ids)  # 2 frame pairs x 2 x 2 tokens each
     assert b.pixel_values_videos.shape == (2 * 8 * 8, 3 * 2 * 7 * 7)
     assert fine.hidden_states(b).shape == coarse.hidden_states(a).shape
+
+
+@pytest.mark.parametrize("arch", ["qwen2_5_vl", "qwen3_vl"])
+def test_initializer_range_sets_the_init_std_of_both_towers(arch):
+    """`initializer_range` reaches the language model, the vision tower and the head."""
+    for std in (0.02, 0.1):
+        model = build_policy(arch=arch, tiny={"vision_depth": 1, "initializer_range": std}).model
+        weights = {
+            "embed": model.model.language_model.embed_tokens.weight,
+            "q_proj": model.model.language_model.layers[0].self_attn.q_proj.weight,
+            "patch_embed": model.model.visual.patch_embed.proj.weight,
+            "lm_head": model.lm_head.weight,
+        }
+        for name, w in weights.items():
+            assert abs(w.std().item() - std) < 0.15 * std, (arch, name, std)

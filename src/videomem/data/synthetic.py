@@ -1,8 +1,9 @@
 """Procedural long-video QA whose answers need memory, with an exact oracle chain-of-memory.
 
 A video is T clips (default 4) of F frames (default 8, at 4 fps) of coloured shapes drifting and bouncing
-on a dark 64x64 background (pixels: shapes.py). Objects live in one clip each; within a clip one object appears at frame 0
-and the others later (on even frames, so a temporal patch of 2 frames never hides the order).
+on a grey 64x64 background (pixels: shapes.py). Objects live in one clip each; within a clip one
+object appears at frame 0 and the others later (on even frames, so a temporal patch of 2 frames never
+hides the order).
 Three question families, four lettered options each, one question per family per video:
 
 | family | question | options | memory M_t (after clip t) |
@@ -16,9 +17,10 @@ one) and options keep one canonical order unless `shuffle_options`. Evidence is 
 per split and family exactly floor(N * last_clip_rate) questions place their evidence freely, all others
 are built so the oracle run on the last clip alone does not give the gold answer (the "last-clip-only"
 fraction, reported in stats.json and asserted <= max_last_clip_frac for T >= 2; with T = 1 it is 1.0
-by definition). The shape family's object has its own size and speed knobs (smaller = harder). With
-`spread_count` (default) the counted objects fall in distinct clips while clips remain, so each memory
-update adds at most one (two in one clip only when the count exceeds the clips left).
+by definition). The shape family's object has its own size and speed knobs (smaller = harder; by
+default it is larger than the other objects, see SynthConfig). With `spread_count` (default) the
+counted objects fall in distinct clips while clips remain, so each memory update adds at most one (two
+in one clip only when the count exceeds the clips left).
 
 Deliberately not here: prompts (memory/prompt.py), tokenisation (model/tiny.py reads `tokenizer_corpus`),
 streaming (datamodule.py). Shards follow the schema in shards.py.
@@ -62,9 +64,9 @@ class SynthConfig:
     max_objects: int = 2
     radius: float = 9.0  # count / first / filler objects (px at `size`)
     speed: float = 1.0  # px per frame
-    shape_radius: float = (
-        7.0  # the shape question's object: smaller than the rest (shapes are the hard family)
-    )
+    # The shape question's object. Larger than the rest: at 56x56 and 14-px patches a probe on the tiny
+    # vision tower stays at chance for radius 7 and needs ~8,000 examples to pass 0.5 at 12 (README).
+    shape_radius: float = 12.0
     shape_speed: float = 1.0
     spread_count: bool = True  # counted objects in distinct clips while clips remain (False: may share)
     families: tuple[str, ...] = FAMILIES
@@ -343,7 +345,7 @@ def generate_dataset(
 
     Args:
         out_dir: Dataset root.
-        splits: Videos per split (default train 2000, val 64, test 256); one question per family each.
+        splits: Videos per split (default train 8000, val 64, test 256); one question per family each.
         num_clips: T.
         seed: Base seed; each split draws from SeedSequence([seed, crc32(split)]).
         workers: Processes (default: up to 2); output does not depend on it.
@@ -354,7 +356,7 @@ def generate_dataset(
         {split: stats} (as in each stats.json, plus "seconds").
     """
     cfg = SynthConfig(num_clips=num_clips, **config)
-    splits = {"train": 2000, "val": 64, "test": 256} if splits is None else splits
+    splits = {"train": 8000, "val": 64, "test": 256} if splits is None else splits
     workers = workers or min(2, os.cpu_count() or 1)
     out: dict[str, dict] = {}
     for split, n in splits.items():
@@ -383,10 +385,10 @@ def generate_dataset(
 
 
 def main(argv: list[str] | None = None) -> dict:
-    """CLI: `videomem synth --out data/synthetic --train 2000 --val 64 --test 256 --clips 4`."""
+    """CLI: `videomem synth --out data/synthetic --train 8000 --val 64 --test 256 --clips 4`."""
     p = argparse.ArgumentParser(prog="videomem synth", description=__doc__.split("\n")[0])
     p.add_argument("--out", default="data/synthetic")
-    p.add_argument("--train", type=int, default=2000)
+    p.add_argument("--train", type=int, default=8000)
     p.add_argument("--val", type=int, default=64)
     p.add_argument("--test", type=int, default=256)
     p.add_argument("--clips", type=int, default=4)

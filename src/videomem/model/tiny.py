@@ -156,6 +156,7 @@ TINY_DEFAULTS: dict = {
     "tie_word_embeddings": False,
     "rope_theta": 10000.0,
     "max_position_embeddings": 4096,
+    "initializer_range": 0.02,  # std of the normal init of every linear / embedding weight (Qwen's 0.02)
 }
 
 
@@ -198,6 +199,7 @@ def tiny_config(
         "num_attention_heads": c["num_attention_heads"],
         "num_key_value_heads": c["num_key_value_heads"],
         "max_position_embeddings": c["max_position_embeddings"],
+        "initializer_range": c["initializer_range"],
         "pad_token_id": ids[PAD],
         "rope_parameters": {
             "rope_type": "default",
@@ -213,6 +215,7 @@ def tiny_config(
         "out_hidden_size": c["hidden_size"],
         "spatial_merge_size": c["vision_merge_size"],
         "temporal_patch_size": 2,
+        "initializer_range": c["initializer_range"],
     }
     tokens = {
         "image_token_id": ids["<|image_pad|>"],
