@@ -47,6 +47,7 @@ from videomem.data.types import LETTERS
 from videomem.data.video import encode_mp4
 
 COUNT_OPTIONS = ("1", "2", "3", "4")
+DEFAULT_SPLITS = {"train": 8000, "val": 64, "test": 256}  # videos per split of `make data`
 FAMILIES = ("count", "first", "shape")
 NUM_OPTIONS = 4
 
@@ -345,7 +346,7 @@ def generate_dataset(
 
     Args:
         out_dir: Dataset root.
-        splits: Videos per split (default train 8000, val 64, test 256); one question per family each.
+        splits: Videos per split (default ``DEFAULT_SPLITS``); one question per family each.
         num_clips: T.
         seed: Base seed; each split draws from SeedSequence([seed, crc32(split)]).
         workers: Processes (default: up to 2); output does not depend on it.
@@ -356,7 +357,7 @@ def generate_dataset(
         {split: stats} (as in each stats.json, plus "seconds").
     """
     cfg = SynthConfig(num_clips=num_clips, **config)
-    splits = {"train": 8000, "val": 64, "test": 256} if splits is None else splits
+    splits = dict(DEFAULT_SPLITS) if splits is None else splits
     workers = workers or min(2, os.cpu_count() or 1)
     out: dict[str, dict] = {}
     for split, n in splits.items():
@@ -388,9 +389,8 @@ def main(argv: list[str] | None = None) -> dict:
     """CLI: `videomem synth --out data/synthetic --train 8000 --val 64 --test 256 --clips 4`."""
     p = argparse.ArgumentParser(prog="videomem synth", description=__doc__.split("\n")[0])
     p.add_argument("--out", default="data/synthetic")
-    p.add_argument("--train", type=int, default=8000)
-    p.add_argument("--val", type=int, default=64)
-    p.add_argument("--test", type=int, default=256)
+    for split, n in DEFAULT_SPLITS.items():
+        p.add_argument(f"--{split}", type=int, default=n)
     p.add_argument("--clips", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=None)
@@ -403,7 +403,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--shuffle-options", action="store_true")
     p.add_argument("--no-spread-count", dest="spread_count", action="store_false")
     a = vars(p.parse_args(argv))
-    out, splits = a.pop("out"), {s: a.pop(s) for s in ("train", "val", "test")}
+    out, splits = a.pop("out"), {s: a.pop(s) for s in DEFAULT_SPLITS}
     stats = generate_dataset(
         out,
         splits={s: n for s, n in splits.items() if n > 0},
