@@ -6,7 +6,9 @@ the 3-D multimodal rope actually in use (it builds ``mm_token_type_ids`` and pas
 prefilled once (vision tower once), its KV cache is kept once (never copied ``num_samples`` ways), and a
 plain Python loop decodes all samples in place, each step reading a row's prompt once for all its
 samples (``model/decoding.py``). This is the O(T) instead of O(T*G) prefill behind PRPO's speed-up
-(method.md section 3), and a decode that does not pay the prompt G times either.
+(method.md section 3), and a decode that does not pay the prompt G times either. PRPO's update shares the
+prefix the same way (``group_hidden_states``): each prompt runs once with its G sampled completions
+packed behind it under a 4-D mask, instead of G prompt + completion rows.
 
 It deliberately knows nothing of rewards, losses, optimisers or the memory prompt.
 """
@@ -244,6 +246,105 @@ class Policy(nn.Module):
         positions, _ = self.rope_positions(inputs)
         out = self.model.model(**self._hf_kwargs(inputs), position_ids=positions, use_cache=False)
         return out.last_hidden_state
+
+    def group_hidden_states(
+        self,
+        messages: list[list[dict]],
+        videos: list[Tensor],
+        completions: list[list[str | list[int]]],
+        *,
+        video_fps: float | list[float] | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Hidden states of G completions per prompt, the prompt (and its video) run ONCE per row.
+
+        Row b packs ``[prompt_b, c_b1, ..., c_bG]`` into one sequence; a 4-D mask lets completion g see
+        the prompt's real tokens and its own earlier tokens only, and its rope positions continue from
+        the prompt as if it stood alone. So every completion token gets exactly the hidden state of
+        ``hidden_states(build_inputs(prompt, completion))`` while the vision tower and the prompt's
+        layers run once per row instead of once per completion (PRPO's update over a PSP group).
+
+        Args:
+            messages, videos, video_fps: One prompt per row, as in ``build_inputs``.
+            completions: Per row, its completions (text or token ids); each is closed with ``<|im_end|>``.
+
+        Returns:
+            ``hidden`` ``[N, C, H]``, ``targets`` ``[N, C]`` and ``mask`` ``[N, C]`` (1 on real tokens) for
+            the N completions in row order: ``hidden[n, j]`` predicts ``targets[n, j]``, the j-th token of
+            completion n (the first one from the prompt's last position). C is the longest completion.
+        """
+        if len(completions) != len(messages):
+            raise ValueError("completions must hold one list per prompt row")
+        base = self.build_inputs(messages, videos, video_fps=video_fps)
+        positions, _ = self.rope_positions(base)  # [3, B, Lp], left padded
+        rows, prompt_len = base.input_ids.shape
+        start = positions.amax(dim=(0, 2)) + 1  # [B] rope position of each row's first new token
+        ids = [
+            [(self._encode(c) if isinstance(c, str) else list(c)) + [self.im_end_id] for c in cs]
+            for cs in completions
+        ]
+        width = prompt_len + max(sum(len(c) for c in cs) for cs in ids)
+        input_ids = torch.full((rows, width), self.pad_id, dtype=torch.long)  # [B, W]
+        input_ids[:, :prompt_len] = base.input_ids
+        pos = torch.zeros(3, rows, width, dtype=positions.dtype)  # [3, B, W]
+        pos[:, :, :prompt_len] = positions
+        seen = torch.zeros(rows, width, width, dtype=torch.bool)  # [B, W(query), W(key)]
+        real = base.attention_mask.bool()  # [B, Lp]
+        seen[:, :prompt_len, :prompt_len] = (
+            torch.ones(prompt_len, prompt_len, dtype=torch.bool).tril() & real[:, None]
+        )
+        src, tgt = [], []  # per completion: positions whose hidden predicts its tokens, and the tokens
+        for b, cs in enumerate(ids):
+            at = prompt_len
+            for c in cs:
+                n = len(c)
+                input_ids[b, at : at + n] = torch.tensor(c)
+                pos[:, b, at : at + n] = start[b] + torch.arange(n)
+                seen[b, at : at + n, :prompt_len] = real[b]
+                seen[b, at : at + n, at : at + n] = torch.ones(n, n, dtype=torch.bool).tril()
+                src.append([prompt_len - 1] + list(range(at, at + n - 1)))
+                tgt.append(c)
+                at += n
+        seen |= torch.eye(width, dtype=torch.bool)  # padding rows see themselves (no all-masked row)
+        attn = self.model.model.language_model.config._attn_implementation
+        if attn == "sdpa":
+            mask = seen[:, None]  # [B, 1, W, W] boolean, True = may attend
+        elif attn == "eager":
+            dtype = self.model.get_input_embeddings().weight.dtype  # the compute dtype (gathered under FSDP2)
+            mask = torch.zeros(seen[:, None].shape, dtype=dtype).masked_fill(
+                ~seen[:, None], torch.finfo(dtype).min
+            )
+        else:
+            raise NotImplementedError(
+                f"group_hidden_states needs a custom 4-D mask, which {attn!r} attention does not take: "
+                "use sdpa or eager, or module.shared_prefix_update=false"
+            )
+        mm_types = torch.zeros_like(input_ids)
+        mm_types[:, :prompt_len] = base.mm_token_type_ids
+        packed = PolicyInputs(
+            input_ids=input_ids,
+            attention_mask=mask,
+            mm_token_type_ids=mm_types,
+            pixel_values_videos=base.pixel_values_videos,
+            video_grid_thw=base.video_grid_thw,
+            second_per_grid_ts=base.second_per_grid_ts,
+        ).to(self.model.device)
+        out = self.model.model(
+            **self._hf_kwargs(packed), position_ids=pos.to(self.model.device), use_cache=False
+        )
+        hidden = out.last_hidden_state  # [B, W, H]
+        longest = max(len(t) for t in tgt)
+        row = torch.tensor([b for b, cs in enumerate(ids) for _ in cs])  # [N]
+        index = torch.zeros(len(tgt), longest, dtype=torch.long)  # [N, C]
+        targets = torch.full((len(tgt), longest), self.pad_id, dtype=torch.long)  # [N, C]
+        tmask = torch.zeros(len(tgt), longest)  # [N, C]
+        for n, (s, t) in enumerate(zip(src, tgt)):
+            index[n, : len(s)], targets[n, : len(t)], tmask[n, : len(t)] = (
+                torch.tensor(s),
+                torch.tensor(t),
+                1.0,
+            )
+        device = hidden.device
+        return hidden[row.to(device)[:, None], index.to(device)], targets.to(device), tmask.to(device)
 
     @property
     def lm_head_weight(self) -> Tensor:

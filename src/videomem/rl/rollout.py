@@ -80,6 +80,7 @@ class RolloutSample:
     video: torch.Tensor  # [F, H, W, 3] uint8, this clip's frames
     completion: str
     advantage: float
+    parent_id: int | None = None  # the node whose memory the prompt carries: siblings share the prompt
 
 
 @dataclass
@@ -209,7 +210,9 @@ def prpo_rollout(
                 )
                 nodes.append(node)
                 samples.append(
-                    RolloutSample(node.node_id, i, t, messages_of[id(f)], qa.clips[t], text, adv[k])
+                    RolloutSample(
+                        node.node_id, i, t, messages_of[id(f)], qa.clips[t], text, adv[k], f.node_id
+                    )
                 )
             memory_tokens += tokens
             format_ok += [p.format_ok for p in parsed]

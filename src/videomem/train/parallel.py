@@ -88,6 +88,7 @@ def shard_policy(policy: Policy, device_mesh, *, param_dtype: torch.dtype | None
     fully_shard(policy, mesh=mesh, mp_policy=mp)  # root: embeddings, lm_head, norms, vision merger
     # every way into the model must pass the root's hooks first (FSDP2's root is the first module run)
     register_fsdp_forward_method(policy, "hidden_states")  # the fused losses' forward
+    register_fsdp_forward_method(policy, "group_hidden_states")  # the shared-prefix PRPO update
     register_fsdp_forward_method(policy, "generate")
     return policy
 

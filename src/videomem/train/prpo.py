@@ -51,10 +51,15 @@ class PRPOModule(LightningModule):
         eps_high: Upper clip of the ratio.
         kl_coef: KL to the reference policy (0: no reference model is loaded).
         epochs: Optimisation passes over each rollout batch.
-        micro_batch_size: Samples per forward/backward.
+        micro_batch_size: Samples per forward/backward (with ``shared_prefix_update``: whole prompt
+            groups, filled up to at least this many samples).
         use_liger: Liger fused linear GRPO loss (else the plain-torch reference).
         liger_chunk_size: Sequences per Liger chunk.
         skip_zero_advantage: Skip zero-advantage samples in the update when kl_coef == 0.
+        shared_prefix_update: Run each prompt (and its clip through the vision tower) once per update
+            micro-batch with its G sampled completions packed behind it (``Policy.group_hidden_states``),
+            as the rollout prefilled it once; False: one full prompt + completion row per sample. Same
+            loss and gradients either way (tests/test_prpo_update.py).
         seed: Seed of the rollout RNG.
         val_generation: Decoding of the validation loop.
         log_trees: Rollout trees logged as text every this many steps (0: never).
@@ -77,6 +82,7 @@ class PRPOModule(LightningModule):
         use_liger: bool = True,
         liger_chunk_size: int = 1,
         skip_zero_advantage: bool = True,
+        shared_prefix_update: bool = True,
         seed: int = 0,
         val_generation: dict | None = None,
         val_text_samples: int = 4,
@@ -99,6 +105,7 @@ class PRPOModule(LightningModule):
         self.use_liger = use_liger
         self.liger_chunk_size = liger_chunk_size
         self.skip_zero_advantage = skip_zero_advantage
+        self.shared_prefix_update = shared_prefix_update
         self.seed = seed
         self.validation = LoopValidation(GenerationConfig(**(val_generation or {})), val_text_samples)
         self.log_trees = log_trees
@@ -139,20 +146,31 @@ class PRPOModule(LightningModule):
     def _micro_loss(
         self, samples: list[RolloutSample], num_tokens: float, weight: float
     ) -> tuple[torch.Tensor, dict]:
-        inputs = self.policy.build_inputs(
-            [s.messages for s in samples],
-            [s.video for s in samples],
-            completions=[s.completion for s in samples],
-        ).to(self.device)
-        hidden = self.policy.hidden_states(inputs)[:, :-1]  # [B, L-1, H] predicts tokens 1..L-1
-        targets = inputs.input_ids[:, 1:]  # [B, L-1]
-        mask = (inputs.labels[:, 1:] != -100).float()  # [B, L-1]
+        if self.shared_prefix_update:  # each prompt once, its sampled completions packed after it
+            groups = _prompt_groups(samples)
+            samples = [s for g in groups for s in g]  # row order of group_hidden_states
+            args = (
+                [g[0].messages for g in groups],
+                [g[0].video for g in groups],
+                [[s.completion for s in g] for g in groups],
+            )
+            hidden, targets, mask = self.policy.group_hidden_states(*args)  # [N, C, H], [N, C], [N, C]
+            ref_hidden = lambda: self.ref_policy.group_hidden_states(*args)[0]  # noqa: E731
+        else:  # one full prompt + completion row per sample
+            inputs = self.policy.build_inputs(
+                [s.messages for s in samples],
+                [s.video for s in samples],
+                completions=[s.completion for s in samples],
+            ).to(self.device)
+            hidden = self.policy.hidden_states(inputs)[:, :-1]  # [B, L-1, H] predicts tokens 1..L-1
+            targets = inputs.input_ids[:, 1:]  # [B, L-1]
+            mask = (inputs.labels[:, 1:] != -100).float()  # [B, L-1]
+            ref_hidden = lambda: self.ref_policy.hidden_states(inputs)[:, :-1]  # noqa: E731
         adv = torch.tensor([s.advantage for s in samples], dtype=hidden.dtype, device=self.device)  # [B]
         ref = None
         if self.kl_coef:
             with torch.no_grad():
-                ref_hidden = self.ref_policy.hidden_states(inputs)[:, :-1]
-                ref_logits = ref_hidden @ self.ref_policy.lm_head_weight.T
+                ref_logits = ref_hidden() @ self.ref_policy.lm_head_weight.T
                 ref = torch.log_softmax(ref_logits.float() / self.rollout_cfg.temperature, -1)
                 ref = ref.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # [B, L-1]
         kwargs = dict(
@@ -190,9 +208,7 @@ class PRPOModule(LightningModule):
         stats_t = torch.tensor([float(sum(tokens)), 0.0], device=self.device)
         if self.skip_zero_advantage and not self.kl_coef:
             samples = [s for s in samples if s.advantage != 0.0]
-        chunks = [
-            samples[i : i + self.micro_batch_size] for i in range(0, len(samples), self.micro_batch_size)
-        ]
+        chunks = _micro_batches(samples, self.micro_batch_size, whole_groups=self.shared_prefix_update)
         stats_t[1] = len(chunks)
         if distributed:  # global token count and equal micro-batch counts, once per step (not per call)
             sums = stats_t[:1].clone()
@@ -267,3 +283,26 @@ class PRPOModule(LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer=optimizer)},
         }
+
+
+def _prompt_groups(samples: list[RolloutSample]) -> list[list[RolloutSample]]:
+    """Samples grouped by the prompt they were sampled from (example, clip, carried memory's node)."""
+    groups: dict[tuple, list[RolloutSample]] = {}
+    for s in samples:
+        groups.setdefault((s.example_index, s.clip_index, s.parent_id), []).append(s)
+    return list(groups.values())
+
+
+def _micro_batches(
+    samples: list[RolloutSample], size: int, whole_groups: bool = False
+) -> list[list[RolloutSample]]:
+    """Consecutive micro-batches of ``size`` samples; with ``whole_groups`` a prompt group is never split
+    (a micro-batch takes whole groups until it holds at least ``size`` samples)."""
+    if not whole_groups:
+        return [samples[i : i + size] for i in range(0, len(samples), size)]
+    chunks: list[list[RolloutSample]] = [[]]
+    for group in _prompt_groups(samples):
+        if len(chunks[-1]) >= size:
+            chunks.append([])
+        chunks[-1].extend(group)
+    return [c for c in chunks if c]

@@ -1,0 +1,130 @@
+"""PRPO's shared-prefix update: each prompt runs once with its sampled completions packed behind it.
+
+``Policy.group_hidden_states`` must give every completion token the hidden state of the plain
+one-row-per-sample forward, so the update's loss and gradients do not change, only its cost.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+
+from videomem.model.policy import build_policy
+from videomem.rl.rollout import RolloutSample
+from videomem.train.prpo import PRPOModule, _micro_batches, _prompt_groups
+
+TINY = {"hidden_size": 64, "num_hidden_layers": 2, "intermediate_size": 128}
+
+
+def _prompts(policy, n: int):
+    m = policy.patch_multiple
+    g = torch.Generator().manual_seed(0)
+    videos = [torch.randint(0, 256, (4, 2 * m, 2 * m, 3), dtype=torch.uint8, generator=g) for _ in range(n)]
+    texts = ["What colour was the first object?", "Q", "How many red objects?"][:n]
+    messages = [
+        [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": t}]}] for t in texts
+    ]
+    return messages, videos
+
+
+COMPLETIONS = [
+    ["<memory>red object: circle</memory><answer>A</answer>", "x", "<memory>a much longer memory</memory>"],
+    ["<answer>B</answer>", "no no no"],
+    ["<memory>red objects so far: 2</memory><answer>C</answer>"],
+]
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("arch", ["qwen2_5_vl", "qwen3_vl"])
+def test_group_hidden_states_equal_one_row_per_completion(arch, attn):
+    policy = build_policy(arch, tiny=TINY).eval()
+    policy.model.model.language_model.config._attn_implementation = attn  # boolean vs additive 4-D mask
+    messages, videos = _prompts(policy, 3)
+    hidden, targets, mask = policy.group_hidden_states(messages, videos, COMPLETIONS)
+    flat = [(b, c) for b, cs in enumerate(COMPLETIONS) for c in cs]
+    ref_inputs = policy.build_inputs(
+        [messages[b] for b, _ in flat], [videos[b] for b, _ in flat], completions=[c for _, c in flat]
+    )
+    with torch.no_grad():
+        ref = policy.hidden_states(ref_inputs)[:, :-1]
+    labels = ref_inputs.labels[:, 1:]
+    assert hidden.shape[:2] == targets.shape == mask.shape == (len(flat), int(mask.sum(1).max()))
+    for n in range(len(flat)):
+        real = labels[n] != -100
+        k = int(mask[n].sum())
+        assert k == int(real.sum()) and not mask[n, k:].any()
+        assert torch.equal(targets[n, :k], labels[n][real])  # same tokens, closed with <|im_end|>
+        torch.testing.assert_close(hidden[n, :k], ref[n][real], atol=2e-5, rtol=1e-4)
+
+
+def test_attention_without_custom_masks_is_refused():
+    policy = build_policy("qwen2_5_vl", tiny=TINY)
+    policy.model.model.language_model.config._attn_implementation = "flash_attention_2"
+    messages, videos = _prompts(policy, 1)
+    with pytest.raises(NotImplementedError, match="shared_prefix_update=false"):
+        policy.group_hidden_states(messages, videos, [["x"]])
+
+
+def _samples(policy) -> list[RolloutSample]:
+    messages, videos = _prompts(policy, 3)
+    advantages = iter([1.2, -0.4, -0.8, 0.7, -0.7, 0.3])
+    out = []
+    for b, cs in enumerate(COMPLETIONS):
+        for c in cs:
+            node = len(out)
+            out.append(RolloutSample(node, b, 1, messages[b], videos[b], c, next(advantages), parent_id=b))
+    return out[::-1]  # groups interleaved with nothing, but out of order: the update regroups them
+
+
+def _loss_and_grads(module: PRPOModule, samples, shared: bool):
+    module.shared_prefix_update = shared
+    module.policy.zero_grad(set_to_none=True)
+    tokens = float(sum(module.policy.count_tokens(s.completion) + 1 for s in samples))
+    loss, _ = module._micro_loss(samples, tokens, weight=1.0)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in module.policy.named_parameters() if p.grad is not None}
+    return loss.detach(), grads
+
+
+@pytest.mark.parametrize("use_liger", [False, True])
+@pytest.mark.parametrize("kl_coef", [0.0, 0.1])
+def test_shared_prefix_update_has_the_same_loss_and_gradients(use_liger, kl_coef):
+    factory = functools.partial(build_policy, "qwen2_5_vl", tiny=TINY)
+    module = PRPOModule(
+        policy=factory,
+        optimizer=functools.partial(torch.optim.AdamW, lr=1e-3),
+        cold_start=False,
+        kl_coef=kl_coef,
+        use_liger=use_liger,
+    )
+    module.configure_model()
+    if kl_coef:  # a reference that differs from the policy, so the KL term is not zero
+        with torch.no_grad():
+            for p in module.ref_policy.parameters():
+                p.add_(0.01 * torch.randn_like(p))
+    samples = _samples(module.policy)
+    shared_loss, shared_grads = _loss_and_grads(module, samples, shared=True)
+    plain_loss, plain_grads = _loss_and_grads(module, samples, shared=False)
+    assert shared_loss.abs() > 0
+    torch.testing.assert_close(shared_loss, plain_loss, atol=1e-5, rtol=1e-4)
+    assert shared_grads.keys() == plain_grads.keys()
+    assert any("visual" in n for n in shared_grads)  # the gradient reaches the vision tower too
+    for name, g in plain_grads.items():
+        torch.testing.assert_close(shared_grads[name], g, atol=1e-5, rtol=1e-3, msg=name)
+
+
+def test_micro_batches_keep_prompt_groups_whole():
+    policy = build_policy("qwen2_5_vl", tiny=TINY)
+    samples = _samples(policy)
+    groups = _prompt_groups(samples)
+    assert sorted(len(g) for g in groups) == [1, 2, 3]
+    assert all(len({(s.example_index, s.clip_index, s.parent_id) for s in g}) == 1 for g in groups)
+    chunks = _micro_batches(samples, 2, whole_groups=True)
+    assert sum(len(c) for c in chunks) == len(samples)
+    for c in chunks:  # no group is split over two micro-batches
+        assert all(
+            len(g) == len([s for s in samples if s.parent_id == g[0].parent_id]) for g in _prompt_groups(c)
+        )
+    assert [len(c) for c in _micro_batches(samples, 2)] == [2, 2, 2]
