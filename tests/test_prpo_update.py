@@ -128,3 +128,26 @@ def test_micro_batches_keep_prompt_groups_whole():
             len(g) == len([s for s in samples if s.parent_id == g[0].parent_id]) for g in _prompt_groups(c)
         )
     assert [len(c) for c in _micro_batches(samples, 2)] == [2, 2, 2]
+
+
+def test_rollout_keeps_the_sampled_ids_and_the_update_trains_them():
+    from tests.test_memory_loop import make_qa
+    from videomem.rl.rollout import RewardConfig, RolloutConfig, prpo_rollout
+    from videomem.train.prpo import _completion
+
+    policy = build_policy("qwen2_5_vl", tiny=TINY).eval()
+    m = policy.patch_multiple
+    qa = make_qa(0, 2)
+    qa.clips = [torch.randint(0, 255, (4, m, m, 3), dtype=torch.uint8) for _ in range(2)]
+    cfg = RolloutConfig(group_size=3, max_new_tokens=8)
+    rollout = prpo_rollout(policy, [qa], cfg, RewardConfig(), generator=torch.Generator().manual_seed(0))
+    assert len(rollout.samples) == 6
+    for s in rollout.samples:
+        assert s.completion_ids is not None and policy.decode(s.completion_ids) == s.completion
+        assert _completion(s) is s.completion_ids
+    # ids that a re-tokenisation of the text would not give back: the update trains the ids
+    sample = rollout.samples[0]
+    odd = policy._encode("<memory>") + [policy._encode("a")[0], policy._encode("b")[0]]
+    sample.completion_ids = odd
+    _, targets, mask = policy.group_hidden_states([sample.messages], [sample.video], [[_completion(sample)]])
+    assert targets[0, : int(mask[0].sum())].tolist() == odd + [policy.im_end_id]

@@ -84,7 +84,8 @@ def generate_step(
     *,
     num_samples: int = 1,
     generator: torch.Generator | None = None,
-) -> list[list[str]]:
+    return_ids: bool = False,
+) -> list[list[str]] | list[list[tuple[str, list[int]]]]:
     """Sample ``num_samples`` outputs for clip ``clip_index`` of every question.
 
     Args:
@@ -96,8 +97,10 @@ def generate_step(
         num_samples: G outputs per prompt, decoded from one shared prefill.
         generator: Seeded RNG for sampling.
 
+        return_ids: Also return each completion's token ids as sampled (PRPO trains on those).
+
     Returns:
-        ``[len(qas)][num_samples]`` decoded completions.
+        ``[len(qas)][num_samples]`` decoded completions, or ``(text, ids)`` pairs with ``return_ids``.
     """
     system = getattr(policy, "system_prompt", None)  # the instruction the policy was trained with
     messages = [step_messages(qa, clip_index, m, system) for qa, m in zip(qas, memories)]
@@ -112,6 +115,8 @@ def generate_step(
         top_p=gen.top_p,
         generator=generator,
     )
+    if return_ids:
+        return [[(policy.decode(s), s) for s in row] for row in ids]
     return [[policy.decode(s) for s in row] for row in ids]
 
 

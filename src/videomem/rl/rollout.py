@@ -81,6 +81,8 @@ class RolloutSample:
     completion: str
     advantage: float
     parent_id: int | None = None  # the node whose memory the prompt carries: siblings share the prompt
+    completion_ids: list[int] | None = None  # the tokens as sampled (the update trains these, not a
+    # re-tokenisation of ``completion``, which a BPE tokenizer may split differently)
 
 
 @dataclass
@@ -169,11 +171,13 @@ def prpo_rollout(
             gen,
             num_samples=per_prompt,
             generator=generator,
+            return_ids=True,
         )
         for i in active:
             qa = qas[i]
             rows = [(f, outs) for (j, f), outs in zip(prompts, outputs) if j == i]
-            texts = [o for _, outs in rows for o in outs]
+            texts = [o for _, outs in rows for o, _ in outs]
+            token_ids = [ids for _, outs in rows for _, ids in outs]
             parents = [f for f, outs in rows for _ in outs]
             parsed = [parse_output(o, len(qa.options)) for o in texts]
             tokens = [policy.count_tokens(p.memory) if p.memory is not None else 0 for p in parsed]
@@ -211,7 +215,15 @@ def prpo_rollout(
                 nodes.append(node)
                 samples.append(
                     RolloutSample(
-                        node.node_id, i, t, messages_of[id(f)], qa.clips[t], text, adv[k], f.node_id
+                        node.node_id,
+                        i,
+                        t,
+                        messages_of[id(f)],
+                        qa.clips[t],
+                        text,
+                        adv[k],
+                        f.node_id,
+                        token_ids[k],
                     )
                 )
             memory_tokens += tokens

@@ -152,7 +152,7 @@ class PRPOModule(LightningModule):
             args = (
                 [g[0].messages for g in groups],
                 [g[0].video for g in groups],
-                [[s.completion for s in g] for g in groups],
+                [[_completion(s) for s in g] for g in groups],
             )
             hidden, targets, mask = self.policy.group_hidden_states(*args)  # [N, C, H], [N, C], [N, C]
             ref_hidden = lambda: self.ref_policy.group_hidden_states(*args)[0]  # noqa: E731
@@ -160,7 +160,7 @@ class PRPOModule(LightningModule):
             inputs = self.policy.build_inputs(
                 [s.messages for s in samples],
                 [s.video for s in samples],
-                completions=[s.completion for s in samples],
+                completions=[_completion(s) for s in samples],
             ).to(self.device)
             hidden = self.policy.hidden_states(inputs)[:, :-1]  # [B, L-1, H] predicts tokens 1..L-1
             targets = inputs.input_ids[:, 1:]  # [B, L-1]
@@ -203,7 +203,15 @@ class PRPOModule(LightningModule):
         t_rollout = time.perf_counter() - t0
 
         samples = rollout.samples
-        tokens = [self.policy.count_tokens(s.completion) + 1 for s in samples]  # + <|im_end|>
+        tokens = [  # response tokens + <|im_end|>, the global token-mean's normaliser
+            (
+                len(s.completion_ids)
+                if s.completion_ids is not None
+                else self.policy.count_tokens(s.completion)
+            )
+            + 1
+            for s in samples
+        ]
         world, distributed = _dist()
         stats_t = torch.tensor([float(sum(tokens)), 0.0], device=self.device)
         if self.skip_zero_advantage and not self.kl_coef:
@@ -283,6 +291,11 @@ class PRPOModule(LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer=optimizer)},
         }
+
+
+def _completion(sample: RolloutSample) -> str | list[int]:
+    """What the update trains: the sampled token ids when the rollout kept them, else the text."""
+    return sample.completion_ids if sample.completion_ids is not None else sample.completion
 
 
 def _prompt_groups(samples: list[RolloutSample]) -> list[list[RolloutSample]]:
