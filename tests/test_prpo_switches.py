@@ -75,6 +75,7 @@ def _overrides(shards: Path, sft_ckpt: Path, extra: list[str]) -> list[str]:
             "module.reward.answer_weight_schedule=linear",
             "data.category_keep={shape:0.0}",
         ],
+        ["module.reward.answer_gate=oracle"],
     ],
     ids=[
         "full",
@@ -84,6 +85,7 @@ def _overrides(shards: Path, sft_ckpt: Path, extra: list[str]) -> list[str]:
         "cold_start=false",
         "keep=2",
         "mean_centred+linear+no_shape",
+        "answer_gate=oracle",
     ],
 )
 def test_switch_trains_one_step(compose_cfg, shards, sft_ckpt, switch: list[str], monkeypatch) -> None:

@@ -60,6 +60,15 @@ class RewardConfig:
     memory_penalty: bool = True  # False: beta = 0 ("w/o MP")
     answer_weight_schedule: str = "constant"  # or "linear" (alpha * t / T)
     scale_advantages: bool = True  # z-score within the group (paper); False: mean-centred (Dr. GRPO)
+    # "none" (paper): the answer term at every clip. "oracle" (beyond the paper; needs oracle memories,
+    # as synthetic shards have): only at clips whose oracle memory already equals the last one, i.e.
+    # where the evidence so far determines the gold answer; elsewhere the paper pays guesses at an
+    # answer the clips seen so far cannot give (README, "What PRPO's reward pays for").
+    answer_gate: str = "none"
+
+    def __post_init__(self) -> None:
+        if self.answer_gate not in ("none", "oracle"):
+            raise ValueError(f"answer_gate must be 'none' or 'oracle', got {self.answer_gate!r}")
 
     def weights(self) -> dict[str, float]:
         return {
@@ -189,6 +198,7 @@ def prpo_rollout(
                 num_clips=qa.num_clips,
                 tcr=reward.tcr,
                 answer_weight_schedule=reward.answer_weight_schedule,
+                answerable=answerable(qa, t, reward.answer_gate),
                 memory_tokens=tokens,
                 max_memory_tokens=reward.max_memory_tokens,
                 num_options=len(qa.options),
@@ -230,6 +240,18 @@ def prpo_rollout(
             format_ok += [p.format_ok for p in parsed]
             frontiers[i] = _next_frontier(nodes, parsed, parents, cfg, t, generator, train_step)
     return Rollout(tree, samples, _summary(tree, memory_tokens, format_ok, num_prompts))
+
+
+def answerable(qa: VideoQA, clip_index: int, gate: str = "none") -> bool:
+    """Whether the answer reward applies at ``clip_index`` (``RewardConfig.answer_gate``).
+
+    ``none``: always (the paper). ``oracle``: when the question's oracle memory at this clip equals
+    its last one (the clips so far already determine the answer: the counted objects have all
+    appeared, the asked object has been seen); always when the shard has no oracle memories.
+    """
+    if gate == "none" or not qa.memories:
+        return True
+    return qa.memories[clip_index] == qa.memories[-1]
 
 
 def _next_frontier(
