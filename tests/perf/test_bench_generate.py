@@ -68,17 +68,15 @@ class _Split:
         return self.first_end - start, end - self.first_end, out
 
 
-def _setup():
+def clip_prompt(policy, num_frames: int) -> tuple[list[dict], torch.Tensor]:
+    """One PRPO clip step's messages (question, options, carried memory) and ``num_frames`` random frames
+    of GRID_HW merged tokens per frame pair."""
     from videomem.memory.prompt import build_messages
-    from videomem.model.policy import build_policy
-    from videomem.model.vision import num_video_tokens
 
-    policy = build_policy("qwen2_5_vl", tiny=TINY, liger_kernels=False)
-    policy.stop_ids = []  # both arms decode exactly NEW_TOKENS per sequence
     m = policy.patch_multiple
     gen = torch.Generator().manual_seed(0)
     frames = torch.randint(
-        0, 256, (FRAMES, GRID_HW[0] * m, GRID_HW[1] * m, 3), dtype=torch.uint8, generator=gen
+        0, 256, (num_frames, GRID_HW[0] * m, GRID_HW[1] * m, 3), dtype=torch.uint8, generator=gen
     )
     messages = build_messages(
         "How many red objects appear in the whole video?",
@@ -88,6 +86,16 @@ def _setup():
         num_clips=8,
         span=(30.0, 45.0),
     )
+    return messages, frames
+
+
+def _setup():
+    from videomem.model.policy import build_policy
+    from videomem.model.vision import num_video_tokens
+
+    policy = build_policy("qwen2_5_vl", tiny=TINY, liger_kernels=False)
+    policy.stop_ids = []  # both arms decode exactly NEW_TOKENS per sequence
+    messages, frames = clip_prompt(policy, FRAMES)
     shared = policy.build_inputs([messages], [frames])
     batched = policy.build_inputs([messages] * G, [frames] * G)
     video_tokens = num_video_tokens(shared.video_grid_thw[0], policy.merge_size)

@@ -26,33 +26,22 @@ import pytest
 import torch
 
 from tests.perf.bench import bench_line
-from tests.perf.test_bench_generate import GRID_HW, MEMORY, TINY
+from tests.perf.test_bench_generate import TINY, clip_prompt
 
 G, NEW_TOKENS, FRAMES, REPEATS = 8, 32, 16, 3
 
 
 def _setup():
-    from videomem.memory.prompt import build_messages
     from videomem.model.policy import build_policy
     from videomem.model.vision import num_video_tokens
 
     policy = build_policy("qwen2_5_vl", tiny=TINY, liger_kernels=False)
-    m = policy.patch_multiple
-    gen = torch.Generator().manual_seed(0)
-    frames = torch.randint(
-        0, 256, (FRAMES, GRID_HW[0] * m, GRID_HW[1] * m, 3), dtype=torch.uint8, generator=gen
-    )
-    messages = build_messages(
-        "How many red objects appear in the whole video?",
-        ["one", "two", "three", "four"],
-        MEMORY,
-        clip_index=2,
-        num_clips=8,
-        span=(30.0, 45.0),
-    )
+    messages, frames = clip_prompt(policy, FRAMES)
+    gen = torch.Generator().manual_seed(1)
     vocab = policy.lm_head_weight.shape[0]
     completions = [torch.randint(10, vocab - 10, (NEW_TOKENS - 1,), generator=gen).tolist() for _ in range(G)]
-    video_tokens = int(num_video_tokens(policy.build_inputs([messages], [frames]).video_grid_thw[0], 2))
+    grid = policy.build_inputs([messages], [frames]).video_grid_thw[0]
+    video_tokens = int(num_video_tokens(grid, policy.merge_size))
     advantages = torch.linspace(-1.5, 1.5, G)
     return policy, messages, frames, completions, advantages, video_tokens
 
