@@ -151,3 +151,51 @@ def test_rollout_keeps_the_sampled_ids_and_the_update_trains_them():
     sample.completion_ids = odd
     _, targets, mask = policy.group_hidden_states([sample.messages], [sample.video], [[_completion(sample)]])
     assert targets[0, : int(mask[0].sum())].tolist() == odd + [policy.im_end_id]
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_the_update_raises_the_probability_of_rewarded_tokens(shared):
+    """A one-prompt bandit through the real update path: G one-token samples from the shared prefill,
+    reward 1 for an even token id, z-scored advantages, ``_micro_loss`` + AdamW. The probability mass
+    on even ids (about 0.5 for the random policy) must rise; a sign or plumbing error would lower it or
+    leave it flat."""
+    from videomem.rl.advantages import group_advantages
+
+    torch.manual_seed(0)
+    module = PRPOModule(
+        policy=functools.partial(build_policy, "qwen2_5_vl", tiny=TINY),
+        optimizer=functools.partial(torch.optim.AdamW, lr=1e-2),
+        cold_start=False,
+        use_liger=False,
+        shared_prefix_update=shared,
+    )
+    module.configure_model()
+    policy = module.policy
+    policy.stop_ids = []
+    messages, videos = _prompts(policy, 1)
+    inputs = policy.build_inputs(messages, videos)
+    even = torch.arange(policy.lm_head_weight.shape[0]) % 2 == 0
+
+    def even_mass() -> float:
+        with torch.no_grad():
+            return float(torch.softmax(policy(inputs).logits[0, -1], -1)[even].sum())
+
+    start = even_mass()
+    opt = module.configure_optimizers()
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(30):
+        policy.eval()
+        (ids,) = policy.generate(inputs, num_samples=16, max_new_tokens=1, do_sample=True, generator=gen)
+        rewards = torch.tensor([float(s[0] % 2 == 0) for s in ids], dtype=torch.float64)
+        adv = group_advantages(rewards, torch.zeros(len(ids), dtype=torch.long)).tolist()
+        samples = [
+            RolloutSample(k, 0, 0, messages[0], videos[0], policy.decode(s), a, None, s)
+            for k, (s, a) in enumerate(zip(ids, adv))
+        ]
+        policy.train()
+        loss, _ = module._micro_loss(samples, float(2 * len(ids)), weight=1.0)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    end = even_mass()
+    assert 0.3 < start < 0.7 and end > 0.9, (start, end)
