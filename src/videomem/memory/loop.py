@@ -96,7 +96,6 @@ def generate_step(
         gen: Decoding settings.
         num_samples: G outputs per prompt, decoded from one shared prefill.
         generator: Seeded RNG for sampling.
-
         return_ids: Also return each completion's token ids as sampled (PRPO trains on those).
 
     Returns:

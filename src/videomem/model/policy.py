@@ -171,7 +171,7 @@ class Policy(nn.Module):
             starts.append(len(ids))
             if completions is not None:
                 c = completions[i]
-                ids = ids + (self._encode(c) if isinstance(c, str) else list(c)) + [self.im_end_id]
+                ids = ids + self._completion_ids(c)
             rows.append(ids)
             pixels.append(patches)
             grids.append(grid)
@@ -211,6 +211,11 @@ class Policy(nn.Module):
 
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _completion_ids(self, completion: str | list[int]) -> list[int]:
+        """A completion (text, or token ids as sampled) as trained: its ids closed with ``<|im_end|>``."""
+        ids = self._encode(completion) if isinstance(completion, str) else list(completion)
+        return ids + [self.im_end_id]
 
     def _hf_kwargs(self, inputs: PolicyInputs) -> dict:
         kwargs = inputs.model_kwargs()
@@ -278,10 +283,7 @@ class Policy(nn.Module):
         positions, _ = self.rope_positions(base)  # [3, B, Lp], left padded
         rows, prompt_len = base.input_ids.shape
         start = positions.amax(dim=(0, 2)) + 1  # [B] rope position of each row's first new token
-        ids = [
-            [(self._encode(c) if isinstance(c, str) else list(c)) + [self.im_end_id] for c in cs]
-            for cs in completions
-        ]
+        ids = [[self._completion_ids(c) for c in cs] for cs in completions]
         width = prompt_len + max(sum(len(c) for c in cs) for cs in ids)
         input_ids = torch.full((rows, width), self.pad_id, dtype=torch.long)  # [B, W]
         input_ids[:, :prompt_len] = base.input_ids

@@ -63,7 +63,7 @@ class RewardConfig:
     # "none" (paper): the answer term at every clip. "oracle" (beyond the paper; needs oracle memories,
     # as synthetic shards have): only at clips whose oracle memory already equals the last one, i.e.
     # where the evidence so far determines the gold answer; elsewhere the paper pays guesses at an
-    # answer the clips seen so far cannot give (README, "What PRPO's reward pays for").
+    # answer the clips seen so far cannot give (README, "What limits PRPO here").
     answer_gate: str = "none"
 
     def __post_init__(self) -> None:
