@@ -182,3 +182,33 @@ def test_sample_next_top_p_keeps_the_nucleus():
     draws = {sample_next(logits, True, 1.0, 0.8, gen).item() for _ in range(200)}
     assert draws == {0, 1}  # 0.5 + 0.3 reaches 0.8; tokens 2, 3 are cut
     assert sample_next(logits, False, 1.0, 1.0, None).item() == 0
+
+
+@pytest.mark.parametrize("do_sample", [False, True])
+def test_vision_placeholders_are_never_generated(policy, do_sample):
+    """A sampled <|video_pad|> would be read as a video token by the update's forward: it is suppressed."""
+    inputs = prompts(policy)
+    boost = [policy.video_token_id, policy.image_token_id]
+
+    def favour_placeholders(module, args, out):
+        out[..., boost] += 1e4
+        return out
+
+    hook = policy.model.lm_head.register_forward_hook(favour_placeholders)
+    try:
+        out = policy.generate(
+            inputs,
+            num_samples=4,
+            max_new_tokens=6,
+            do_sample=do_sample,
+            generator=torch.Generator().manual_seed(0),
+        )
+    finally:
+        hook.remove()
+    assert set(policy.suppress_ids) >= {policy.video_token_id, policy.image_token_id}
+    ids = [t for row in out for sample in row for t in sample]
+    assert ids and not set(ids) & set(policy.suppress_ids)
+    # so the update can score them: a completion full of placeholders would not match the video features
+    messages, videos = prompt_parts(policy)
+    hidden, _, mask = policy.group_hidden_states(messages, videos, out)
+    assert torch.isfinite(hidden[mask.bool()]).all()

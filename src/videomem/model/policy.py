@@ -125,6 +125,12 @@ class Policy(nn.Module):
         gen_eos = model.generation_config.eos_token_id
         stops |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos])
         self.stop_ids = sorted(s for s in stops if s is not None and s != tokenizer.unk_token_id)
+        # Vision placeholders are never generated: a sampled <|video_pad|> in a completion would be
+        # read as a video token by the update's forward (and by the next clip's prompt).
+        placeholders = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
+        self.suppress_ids = sorted(
+            {i for k in placeholders if (i := getattr(model.config, k, None)) is not None}
+        )
 
     # ----------------------------------------------------------------- inputs
     def build_inputs(
@@ -366,7 +372,7 @@ class Policy(nn.Module):
         top_p: float = 1.0,
         generator: torch.Generator | None = None,
     ) -> list[list[list[int]]]:
-        """Sample ``num_samples`` completions per prompt row from one shared prefill.
+        """Sample ``num_samples`` completions per prompt row from one shared prefill (never a vision placeholder).
 
         Args:
             inputs: Left-padded prompts (``labels`` ignored).
@@ -405,11 +411,13 @@ class Policy(nn.Module):
         next_pos = inputs.attention_mask.sum(-1, keepdim=True) + deltas  # [B, 1]
         next_pos = next_pos.repeat_interleave(num_samples, dim=0)  # [B*G, 1]
         stop_ids = torch.tensor(self.stop_ids, device=device)
+        suppress = torch.tensor(self.suppress_ids, dtype=torch.long, device=device)
         tokens = torch.full((rows, max_new_tokens), self.pad_id, dtype=torch.long, device=device)  # [B*G, N]
         finished = torch.zeros(rows, dtype=torch.bool, device=device)  # [B*G]
         # Decode attention: a row's G samples read its prompt together, in one SDPA call per layer.
         with grouped_decode(text_config):
             for step in range(max_new_tokens):
+                logits = logits.index_fill(-1, suppress, float("-inf"))  # no vision placeholders
                 token = sample_next(logits, do_sample, temperature, top_p, generator)  # [B*G]
                 token = token.masked_fill(finished, self.pad_id)
                 tokens[:, step] = token
