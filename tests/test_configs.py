@@ -60,3 +60,10 @@ def test_experiments_compose(compose_cfg, monkeypatch, tmp_path, experiment: str
     for var in ("VIDEOMEM_QWEN3_VL_8B", "VIDEOMEM_QWEN2_5_VL_7B"):  # the paper recipes read a local model dir
         monkeypatch.setenv(var, str(tmp_path / var.lower()))
     OmegaConf.resolve(compose_cfg(task, [f"experiment={experiment}"]))
+
+
+def test_sft_more_continues_the_cold_start_without_overwriting_it(compose_cfg) -> None:
+    cfg = compose_cfg("sft", ["experiment=sft_more"])
+    assert cfg.model.path.endswith("/sft/latest")
+    assert cfg.task_name != "sft"  # its policy lands beside the cold start, not on it
+    assert cfg.module.scheduler.total_steps == cfg.trainer.max_steps == 1500
