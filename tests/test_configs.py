@@ -67,3 +67,11 @@ def test_sft_more_continues_the_cold_start_without_overwriting_it(compose_cfg) -
     assert cfg.model.path.endswith("/sft/latest")
     assert cfg.task_name != "sft"  # its policy lands beside the cold start, not on it
     assert cfg.module.scheduler.total_steps == cfg.trainer.max_steps == 1500
+
+
+def test_prpo_long_is_the_default_prpo_with_a_schedule_and_a_mixture(compose_cfg) -> None:
+    base, long = compose_cfg("prpo", []), compose_cfg("prpo", ["experiment=prpo_long"])
+    assert long.task_name == "prpo_long"  # its policy lands beside logs/prpo/latest
+    assert long.module.reward == base.module.reward and long.psp == base.psp and long.tcr == base.tcr
+    assert long.module.scheduler.total_steps == long.trainer.max_steps == 1000
+    assert long.data.category_keep.first == 0.0 and long.module.rollout.group_size == 16
