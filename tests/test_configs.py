@@ -74,4 +74,5 @@ def test_prpo_long_is_the_default_prpo_with_a_schedule_and_a_mixture(compose_cfg
     assert long.task_name == "prpo_long"  # its policy lands beside logs/prpo/latest
     assert long.module.reward == base.module.reward and long.psp == base.psp and long.tcr == base.tcr
     assert long.module.scheduler.total_steps == long.trainer.max_steps == 1000
-    assert long.data.category_keep.first == 0.0 and long.module.rollout.group_size == 16
+    assert long.data.category_keep.first == 0.0 and long.data.category_keep.count == 0.5
+    assert long.module.rollout.group_size == 16
