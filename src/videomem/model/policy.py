@@ -417,7 +417,7 @@ class Policy(nn.Module):
         # Decode attention: a row's G samples read its prompt together, in one SDPA call per layer.
         with grouped_decode(text_config):
             for step in range(max_new_tokens):
-                logits = logits.index_fill(-1, suppress, float("-inf"))  # no vision placeholders
+                logits.index_fill_(-1, suppress, float("-inf"))  # no vision placeholders, in place
                 token = sample_next(logits, do_sample, temperature, top_p, generator)  # [B*G]
                 token = token.masked_fill(finished, self.pad_id)
                 tokens[:, step] = token
