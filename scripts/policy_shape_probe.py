@@ -4,7 +4,9 @@ For each `shape` question this feeds a policy the clip where the asked object ap
 memory of the clip before and the oracle output up to the shape word (teacher forcing), and takes the
 final hidden state that predicts the shape word. It reports (1) how often the policy's own logits rank
 the right shape word first among the four and (2) the test accuracy of a linear probe (logistic
-regression, standardised features) trained on those hidden states from training questions. If the probe
+regression, standardised features) trained on those hidden states from training questions, and (3)
+the policy's distribution over the four shape words there (entropy, p(right), and how often G = 8
+samples would all agree, i.e. give a group no learning signal). If the probe
 is not much better than the policy, the shape is not in the representation, and an RL stage that only
 reweights what the policy can already tell apart cannot lift `shape` (README, "What limits PRPO here").
 
@@ -27,7 +29,10 @@ from videomem.model.policy import Policy
 def features(
     policy: Policy, shards: str, n: int, batch: int = 16
 ) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """Hidden states before the shape word [N, H], true shape indices [N], the policy's own accuracy."""
+    """Hidden states before the shape word [N, H], true shape indices [N], the policy's own accuracy.
+
+    The hidden states are the final (normed) ones, so ``hidden @ lm_head.T`` are the policy's logits.
+    """
     word_ids = [policy._encode(" " + s)[0] for s in SHAPES]  # " circle" etc. are single tokens
     xs, ys, hits, rows = [], [], 0, []
 
@@ -93,6 +98,18 @@ def main() -> None:
     print(f"{len(y_tr)} train / {len(y_te)} test shape questions (chance {1 / len(SHAPES):.2f})")
     print(f"policy's own shape word: train {own_tr:.3f}  test {own_te:.3f}")
     print(f"linear probe on its hidden state: train {probe_tr:.3f}  test {probe_te:.3f}")
+    # How much RL has to explore: the policy's distribution over the four shape words (renormalised).
+    word_ids = [policy._encode(" " + s)[0] for s in SHAPES]
+    with torch.no_grad():
+        probs = torch.softmax((x_te * std + mean) @ policy.lm_head_weight.T, -1)[:, word_ids]
+    q = probs / probs.sum(1, keepdim=True)  # [N, 4]
+    entropy = -(q * q.clamp_min(1e-12).log()).sum(1).mean().item()
+    print(
+        f"policy's shape-word distribution (test): mass {probs.sum(1).mean().item():.3f}, entropy "
+        f"{entropy:.3f} nats (uniform {torch.log(torch.tensor(4.0)).item():.3f}), p(right) "
+        f"{q[torch.arange(len(y_te)), y_te].mean().item():.3f}, P(8 samples agree) "
+        f"{(q**8).sum(1).mean().item():.4f}"
+    )
 
 
 if __name__ == "__main__":

@@ -76,3 +76,13 @@ def test_prpo_long_is_the_default_prpo_with_a_schedule_and_a_mixture(compose_cfg
     assert long.module.scheduler.total_steps == long.trainer.max_steps == 1000
     assert long.data.category_keep.first == 0.0 and long.data.category_keep.count == 0.5
     assert long.module.rollout.group_size == 16
+
+
+def test_prpo_steady_changes_only_the_schedule_the_batch_and_the_mixture(compose_cfg) -> None:
+    base, steady = compose_cfg("prpo", []), compose_cfg("prpo", ["experiment=prpo_steady"])
+    assert steady.task_name == "prpo_steady"  # its policy lands beside logs/prpo/latest
+    assert steady.module.reward == base.module.reward and steady.module.rollout == base.module.rollout
+    assert steady.psp == base.psp and steady.tcr == base.tcr and steady.init_from == base.init_from
+    assert steady.module.scheduler.total_steps == steady.trainer.max_steps == 400
+    assert steady.module.optimizer.lr == 1e-4 and steady.data.batch_size == 8
+    assert dict(steady.data.category_keep) == {"count": 1.0, "first": 0.0, "shape": 1.0}
