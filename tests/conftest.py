@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -30,3 +32,18 @@ def compose_config(name: str, overrides: list[str], tmp_path: Path) -> DictConfi
 @pytest.fixture
 def compose_cfg(tmp_path):
     return lambda name, overrides=(): compose_config(name, list(overrides), tmp_path)
+
+
+def load_script(name: str) -> ModuleType:
+    """Import ``scripts/<name>.py`` (the scripts are not a package)."""
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def script():
+    """``script("gpu_bench")`` imports ``scripts/gpu_bench.py``."""
+    return load_script

@@ -3,25 +3,14 @@ instead of crashing. The figures it prints here mean nothing; docs/performance.m
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gpu_bench.py"
-
-
-def load_bench():
-    spec = importlib.util.spec_from_file_location("gpu_bench", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.mark.slow  # ~20 s on 2 shared cores (SFT + 2 PRPO steps of the tiny model, checkpointed)
-def test_gpu_bench_smoke_on_cpu(tmp_path) -> None:
-    bench = load_bench()
+def test_gpu_bench_smoke_on_cpu(tmp_path, script) -> None:
+    bench = script("gpu_bench")
     assert bench.main(["--smoke", "--out", str(tmp_path / "bench.json")]) == 0
     result = json.loads((tmp_path / "bench.json").read_text())
     plain = result["sft"]["plain"]
@@ -30,10 +19,10 @@ def test_gpu_bench_smoke_on_cpu(tmp_path) -> None:
     assert all(r["samples_per_step"] == 4 * r["group_size"] * r["questions"] for r in result["prpo"])
 
 
-def test_full_shape_is_about_two_billion_parameters() -> None:
+def test_full_shape_is_about_two_billion_parameters(script) -> None:
     import torch
 
-    bench = load_bench()
+    bench = script("gpu_bench")
     with torch.device("meta"):
         policy = bench.build_bench_policy(smoke=False, device="meta", liger=False)
     assert 1.9e9 < bench.param_count(policy) < 2.2e9

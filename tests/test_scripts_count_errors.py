@@ -2,18 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "count_errors.py"
-
-
-def load():
-    spec = importlib.util.spec_from_file_location("count_errors", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 def video(vid: str, red_clips: list[int], memories: list[str]) -> dict:
     objects = [{"clip": c, "colour": "red"} for c in red_clips] + [{"clip": 0, "colour": "blue"}]
@@ -26,8 +14,8 @@ def record(vid: str, memories: list[str], pred: str, answer: str) -> dict:
             "pred": pred, "answer": answer}  # fmt: skip
 
 
-def test_steps_by_targets_in_clip_and_final_split():
-    mod = load()
+def test_steps_by_targets_in_clip_and_final_split(script):
+    mod = script("count_errors")
     so_far = [f"red objects so far: {n}" for n in range(5)]
     metas = {
         # one red object in clips 1 and 2; the policy misses the one in clip 1
