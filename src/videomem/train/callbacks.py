@@ -29,23 +29,62 @@ class SavePolicy(Callback):
     it, so ``videomem answer --checkpoint logs/<stage>/latest`` and the next stage load it. A sharded
     (FSDP) policy's full weights are gathered on every rank first, then rank 0 writes them.
 
+    With ``monitor`` (e.g. ``val/accuracy``), every validation run that beats the best value so far
+    also saves the policy to ``<dirpath>_best``, and ``latest`` points there at the end: the run's
+    result is its best validated policy, not its last (the last is still written to ``<dirpath>``).
+
     Args:
         dirpath: Where to save the policy.
         latest: Symlink to update (None: none).
+        monitor: Logged metric to select the policy by (None: keep the last).
+        mode: ``max`` or ``min``: which direction of ``monitor`` is better.
     """
 
-    def __init__(self, dirpath: str, latest: str | None = None) -> None:
+    def __init__(
+        self, dirpath: str, latest: str | None = None, monitor: str | None = None, mode: str = "max"
+    ) -> None:
+        if mode not in ("max", "min"):
+            raise ValueError(f"mode must be 'max' or 'min', not {mode!r}")
         self.dirpath = Path(dirpath)
         self.latest = Path(latest) if latest else None
+        self.monitor, self.mode = monitor, mode
+        self.best: float | None = None
+        self.best_step: int | None = None
 
-    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    @property
+    def best_dirpath(self) -> Path:
+        return self.dirpath.with_name(self.dirpath.name + "_best")
+
+    def _save(self, trainer: Trainer, pl_module: LightningModule, path: Path) -> bool:
+        """Save the policy to ``path`` (every rank must call it: gathering sharded weights is collective)."""
         state = None
         if is_sharded(pl_module.policy):  # collective; the strategy's root (FSDP1 wraps the whole module)
             full = full_state_dict(trainer.strategy.model)
             state = {k.removeprefix("policy."): v for k, v in full.items() if k.startswith("policy.")}
         if not trainer.is_global_zero:
+            return False
+        pl_module.policy.save_pretrained(path, state_dict=state)
+        return True
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.monitor is None or trainer.sanity_checking or self.monitor not in trainer.callback_metrics:
             return
-        pl_module.policy.save_pretrained(self.dirpath, state_dict=state)
+        value = float(trainer.callback_metrics[self.monitor])
+        better = self.best is None or (value > self.best if self.mode == "max" else value < self.best)
+        if better:  # the same on every rank: the validation metrics are torchmetrics, synced on compute
+            self.best, self.best_step = value, trainer.global_step
+            self._save(trainer, pl_module, self.best_dirpath)
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not self._save(trainer, pl_module, self.dirpath):
+            return
+        chosen = self.best_dirpath if self.best is not None else self.dirpath
         if self.latest is not None:
-            point_latest(self.dirpath.resolve(), self.latest)
-        log.info("policy saved to %s%s", self.dirpath, f" (latest: {self.latest})" if self.latest else "")
+            point_latest(chosen.resolve(), self.latest)
+        if self.best is not None:
+            log.info("best %s %.4f at step %d: %s", self.monitor, self.best, self.best_step, chosen)
+        log.info(
+            "policy saved to %s%s",
+            self.dirpath,
+            f" (latest: {self.latest} -> {chosen})" if self.latest else "",
+        )

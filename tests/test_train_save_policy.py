@@ -1,0 +1,55 @@
+"""SavePolicy keeps the last policy and, with a monitor, points `latest` at the best validated one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from videomem.train.callbacks import SavePolicy
+
+
+class FakePolicy(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.step = 0
+
+    def save_pretrained(self, path: Path, state_dict=None) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "step").write_text(str(self.step))
+
+
+def fit(cb: SavePolicy, val: list[float]) -> SimpleNamespace:
+    module = SimpleNamespace(policy=FakePolicy())
+    trainer = SimpleNamespace(is_global_zero=True, sanity_checking=False, callback_metrics={})
+    for step, acc in enumerate(val, start=1):
+        module.policy.step = trainer.global_step = step
+        trainer.callback_metrics = {"val/accuracy": torch.tensor(acc)}
+        cb.on_validation_end(trainer, module)
+    cb.on_fit_end(trainer, module)
+    return module
+
+
+def test_without_monitor_latest_is_the_last_policy(tmp_path) -> None:
+    cb = SavePolicy(str(tmp_path / "run" / "policy"), str(tmp_path / "latest"))
+    fit(cb, [0.5, 0.9, 0.7])
+    assert (tmp_path / "latest" / "step").read_text() == "3"
+    assert not (tmp_path / "run" / "policy_best").exists()
+
+
+def test_with_monitor_latest_is_the_best_validated_policy(tmp_path) -> None:
+    cb = SavePolicy(str(tmp_path / "run" / "policy"), str(tmp_path / "latest"), monitor="val/accuracy")
+    fit(cb, [0.5, 0.9, 0.7, 0.9])  # a tie does not replace the earlier best
+    assert (tmp_path / "latest" / "step").read_text() == "2"
+    assert (tmp_path / "run" / "policy" / "step").read_text() == "4"  # the last is kept beside it
+    assert (cb.best, cb.best_step) == (pytest.approx(0.9), 2)
+
+
+def test_min_mode_and_a_bad_mode(tmp_path) -> None:
+    cb = SavePolicy(str(tmp_path / "p"), str(tmp_path / "latest"), monitor="val/accuracy", mode="min")
+    fit(cb, [0.5, 0.3, 0.4])
+    assert (tmp_path / "latest" / "step").read_text() == "2"
+    with pytest.raises(ValueError):
+        SavePolicy(str(tmp_path / "p"), mode="best")
