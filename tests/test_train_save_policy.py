@@ -53,3 +53,11 @@ def test_min_mode_and_a_bad_mode(tmp_path) -> None:
     assert (tmp_path / "latest" / "step").read_text() == "2"
     with pytest.raises(ValueError):
         SavePolicy(str(tmp_path / "p"), mode="best")
+
+
+def test_a_monitor_never_logged_warns_and_keeps_the_last(tmp_path, caplog) -> None:
+    cb = SavePolicy(str(tmp_path / "p"), str(tmp_path / "latest"), monitor="val/acc")  # misspelt
+    with caplog.at_level("WARNING"):
+        fit(cb, [0.5, 0.9])
+    assert (tmp_path / "latest" / "step").read_text() == "2"
+    assert "'val/acc' was never logged" in caplog.text

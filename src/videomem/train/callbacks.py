@@ -78,6 +78,8 @@ class SavePolicy(Callback):
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not self._save(trainer, pl_module, self.dirpath):
             return
+        if self.monitor is not None and self.best is None:  # a misspelt metric, or no validation ran
+            log.warning("%r was never logged by a validation run: latest is the last policy", self.monitor)
         chosen = self.best_dirpath if self.best is not None else self.dirpath
         if self.latest is not None:
             point_latest(chosen.resolve(), self.latest)
