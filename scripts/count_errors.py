@@ -33,7 +33,7 @@ def targets_per_clip(meta: dict, colour: str, num_clips: int) -> list[int]:
 
 
 def count_errors(records: list[dict], metas: dict[str, dict]) -> dict:
-    """Step errors by n (targets in the clip) and clip, and final accuracy by multi-target or not."""
+    """Wrong steps by n (targets in the clip, capped at 2), and final accuracy by multi-target or not."""
     steps, final = Counter(), Counter()
     for r in records:
         if r["category"] != "count":

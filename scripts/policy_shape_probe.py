@@ -83,6 +83,8 @@ def main() -> None:
     policy = Policy.from_pretrained(args.ckpt).eval()
     x_tr, y_tr, own_tr = features(policy, f"{args.root}/train", args.train)
     x_te, y_te, own_te = features(policy, f"{args.root}/test", 10**9)
+    with torch.no_grad():
+        logits_te = x_te @ policy.lm_head_weight.T  # the policy's own logits, before standardising
     mean, std = x_tr.mean(0), x_tr.std(0) + 1e-6
     x_tr, x_te = (x_tr - mean) / std, (x_te - mean) / std
     head = torch.nn.Linear(x_tr.shape[1], len(SHAPES))
@@ -100,8 +102,7 @@ def main() -> None:
     print(f"linear probe on its hidden state: train {probe_tr:.3f}  test {probe_te:.3f}")
     # How much RL has to explore: the policy's distribution over the four shape words (renormalised).
     word_ids = [policy._encode(" " + s)[0] for s in SHAPES]
-    with torch.no_grad():
-        probs = torch.softmax((x_te * std + mean) @ policy.lm_head_weight.T, -1)[:, word_ids]
+    probs = torch.softmax(logits_te, -1)[:, word_ids]
     q = probs / probs.sum(1, keepdim=True)  # [N, 4]
     entropy = -(q * q.clamp_min(1e-12).log()).sum(1).mean().item()
     print(
