@@ -116,6 +116,26 @@ def test_batch_with_different_clip_counts() -> None:
     assert "Memory: v1 t2" in user_text(policy.calls[3], 0)
 
 
+def test_resume_at_a_later_clip_with_a_given_memory() -> None:
+    script = {
+        (f"v{v}", t): f"<memory>v{v} t{t}</memory><answer>C</answer>" for v in range(2) for t in range(4)
+    }
+    policy = ScriptedPolicy(script)
+    res = run_memory_loop(
+        policy, [make_qa(0, 3), make_qa(1, 4)], start_clip=2, memories=["carried a", "carried b"]
+    )
+    assert [len(r.steps) for r in res] == [1, 2]
+    assert [int(v[0, 0, 0, 1]) for c in policy.calls for v in c.videos] == [2, 2, 3]  # clips 2.. only
+    assert "Memory: carried a" in user_text(policy.calls[0], 0) and "Clip 3 of 3" in user_text(
+        policy.calls[0], 0
+    )
+    assert "Memory: carried b" in user_text(policy.calls[0], 1)
+    assert "Memory: v1 t2" in user_text(policy.calls[1], 0)
+    assert [r.prediction for r in res] == ["C", "C"]
+    with pytest.raises(ValueError, match="memories"):
+        run_memory_loop(policy, [make_qa(0, 3)], start_clip=1, memories=[])
+
+
 def test_memory_off_shows_empty_memory_every_step() -> None:
     script = {("v0", t): f"<memory>m{t}</memory><answer>D</answer>" for t in range(3)}
     policy = ScriptedPolicy(script)

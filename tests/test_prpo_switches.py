@@ -76,6 +76,8 @@ def _overrides(shards: Path, sft_ckpt: Path, extra: list[str]) -> list[str]:
             "data.category_keep={shape:0.0}",
         ],
         ["module.reward.answer_gate=oracle"],
+        ["module.reward.answer_target=continuation"],
+        ["module.reward.answer_target=continuation", "psp=false"],
     ],
     ids=[
         "full",
@@ -86,6 +88,8 @@ def _overrides(shards: Path, sft_ckpt: Path, extra: list[str]) -> list[str]:
         "keep=2",
         "mean_centred+linear+no_shape",
         "answer_gate=oracle",
+        "answer_target=continuation",
+        "answer_target=continuation+psp=false",
     ],
 )
 def test_switch_trains_one_step(compose_cfg, shards, sft_ckpt, switch: list[str], monkeypatch) -> None:

@@ -31,6 +31,26 @@ def test_answer_reward_only_for_the_single_valid_gold_letter():
     assert answer_reward(COMPLETIONS, GOLD) == [1.0, 0.0, 1.0, 0.0, 1.0, 0.0]
 
 
+def test_answer_texts_score_another_output_and_only_the_answer_term():
+    # each completion's own answer says B, B, C; the outputs it leads to say C, B, (none)
+    own = [GOOD, GOOD, WRONG]
+    led_to = [WRONG, GOOD, None]
+    assert answer_reward(own, ["B"] * 3, answer_texts=led_to) == [0.0, 1.0, 0.0]
+    totals, parts = compute_rewards(
+        own,
+        ["B"] * 3,
+        weights=DEFAULT_WEIGHTS,
+        clip_index=0,
+        num_clips=4,
+        memory_tokens=[5] * 3,
+        answer_texts=led_to,
+    )
+    assert parts["format"] == [1.0, 1.0, 1.0]  # format is still the completion's own
+    assert totals == [1.0, 2.0, 1.0]
+    with pytest.raises(ValueError, match="answer_texts"):
+        answer_reward(own, ["B"] * 3, answer_texts=led_to[:2])
+
+
 def test_format_reward_needs_one_memory_then_one_answer():
     assert format_reward(COMPLETIONS, GOLD) == [1.0, 1.0, 0.0, 0.0, 1.0, 0.0]
     assert format_reward(["  " + GOOD + "\n"], ["B"]) == [1.0]

@@ -134,6 +134,8 @@ def run_memory_loop(
     *,
     memory_off: bool = False,
     generator: torch.Generator | None = None,
+    start_clip: int = 0,
+    memories: list[str] | None = None,
 ) -> list[LoopResult]:
     """Run the sequential loop over a batch of questions (videos may differ in clip count).
 
@@ -144,14 +146,18 @@ def run_memory_loop(
         memory_off: Control: every carried memory is replaced by empty text, so the policy sees
             only the current clip. Accuracy that survives this does not come from the memory.
         generator: RNG when sampling.
+        start_clip: Resume the loop at this 0-based clip (the steps recorded start there).
+        memories: The memory carried into ``start_clip``, per question (default: empty).
 
     Returns:
         One ``LoopResult`` per question, in order.
     """
     gen = gen or GenerationConfig()
     results = [LoopResult(qa) for qa in qas]
-    memories = ["" for _ in qas]
-    for t in range(max((qa.num_clips for qa in qas), default=0)):
+    memories = list(memories) if memories is not None else ["" for _ in qas]
+    if len(memories) != len(qas):
+        raise ValueError(f"{len(memories)} memories for {len(qas)} questions")
+    for t in range(start_clip, max((qa.num_clips for qa in qas), default=0)):
         active = [i for i, qa in enumerate(qas) if t < qa.num_clips]
         shown = ["" if memory_off else memories[i] for i in active]
         outputs = generate_step(policy, [qas[i] for i in active], t, shown, gen, generator=generator)

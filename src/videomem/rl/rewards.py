@@ -43,7 +43,12 @@ def _parse_all(completions: list[str], num_options: int | Sequence[int]) -> list
 
 
 def answer_reward(
-    completions: list[str], answers: list[str], *, num_options: int | Sequence[int] = 4, **_: Any
+    completions: list[str],
+    answers: list[str],
+    *,
+    num_options: int | Sequence[int] = 4,
+    answer_texts: Sequence[str | None] | None = None,
+    **_: Any,
 ) -> list[float]:
     """1 if the parsed ``<answer>`` letter equals the gold letter, else 0 (unparsable counts as wrong).
 
@@ -51,9 +56,15 @@ def answer_reward(
         completions: Decoded outputs, one per sample.
         answers: Gold letters, one per sample.
         num_options: Options per question (scalar or per sample); letters beyond it are invalid.
+        answer_texts: The outputs whose ``<answer>`` is scored, one per sample (None scores 0);
+            default: the completions themselves (the paper). ``RewardConfig.answer_target=continuation``
+            passes the last output of the loop continued from each sample's memory.
     """
+    scored = completions if answer_texts is None else [t or "" for t in answer_texts]
     golds = _per_item(answers, len(completions), "answers")
-    parsed = _parse_all(completions, num_options)
+    if len(scored) != len(completions):
+        raise ValueError(f"{len(scored)} answer_texts for {len(completions)} completions")
+    parsed = _parse_all(scored, num_options)
     return [float(p.answer is not None and p.answer == gold) for p, gold in zip(parsed, golds)]
 
 

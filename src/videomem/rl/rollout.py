@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 
 from videomem.data.types import VideoQA
-from videomem.memory.loop import GenerationConfig, generate_step, step_messages
+from videomem.memory.loop import GenerationConfig, generate_step, run_memory_loop, step_messages
 from videomem.memory.prompt import parse_output
 from videomem.rl.advantages import (
     RolloutTree,
@@ -65,10 +65,19 @@ class RewardConfig:
     # where the evidence so far determines the gold answer; elsewhere the paper pays guesses at an
     # answer the clips seen so far cannot give (README, "What limits PRPO here").
     answer_gate: str = "none"
+    # Whose <answer> the answer term scores at a clip before the last. "provisional" (paper): the
+    # sample's own a_t against the final gold. "continuation" (beyond the paper): the final a_T of the
+    # loop continued greedily from the sample's memory M_t to the last clip, so a memory is paid for
+    # the answer it leads to rather than for an early guess (README, "Scoring the memory").
+    answer_target: str = "provisional"
 
     def __post_init__(self) -> None:
         if self.answer_gate not in ("none", "oracle"):
             raise ValueError(f"answer_gate must be 'none' or 'oracle', got {self.answer_gate!r}")
+        if self.answer_target not in ("provisional", "continuation"):
+            raise ValueError(
+                f"answer_target must be 'provisional' or 'continuation', got {self.answer_target!r}"
+            )
 
     def weights(self) -> dict[str, float]:
         return {
@@ -182,6 +191,9 @@ def prpo_rollout(
             generator=generator,
             return_ids=True,
         )
+        scored = None
+        if reward.answer_target == "continuation" and reward.tcr:
+            scored = _continuation_answers(policy, qas, t, prompts, outputs, cfg)
         for i in active:
             qa = qas[i]
             rows = [(f, outs) for (j, f), outs in zip(prompts, outputs) if j == i]
@@ -189,6 +201,12 @@ def prpo_rollout(
             token_ids = [ids for _, outs in rows for _, ids in outs]
             parents = [f for f, outs in rows for _ in outs]
             parsed = [parse_output(o, len(qa.options)) for o in texts]
+            extra = {}
+            if scored is not None and t < qa.num_clips - 1:
+                extra["answer_texts"] = [
+                    scored[(i, p.memory if p.memory is not None else f.memory)]
+                    for p, f in zip(parsed, parents)
+                ]
             tokens = [policy.count_tokens(p.memory) if p.memory is not None else 0 for p in parsed]
             totals, terms = compute_rewards(
                 texts,
@@ -202,6 +220,7 @@ def prpo_rollout(
                 memory_tokens=tokens,
                 max_memory_tokens=reward.max_memory_tokens,
                 num_options=len(qa.options),
+                **extra,
             )
             # groups: siblings of one parent with PSP; all G chains of this clip without
             gids = group_ids_from_keys([id(f) if cfg.psp else 0 for f in parents])
@@ -240,6 +259,30 @@ def prpo_rollout(
             format_ok += [p.format_ok for p in parsed]
             frontiers[i] = _next_frontier(nodes, parsed, parents, cfg, t, generator, train_step)
     return Rollout(tree, samples, _summary(tree, memory_tokens, format_ok, num_prompts))
+
+
+def _continuation_answers(
+    policy, qas: list[VideoQA], t: int, prompts, outputs, cfg: RolloutConfig
+) -> dict[tuple[int, str], str | None]:
+    """(example, carried memory M_t) -> the last output of the loop continued greedily from clip t+1.
+
+    Siblings that wrote the same memory share one continuation, so an example costs one greedy chain
+    per distinct memory, batched over the whole batch; examples at their last clip need none.
+    """
+    keys: dict[tuple[int, str], None] = {}
+    for (i, f), outs in zip(prompts, outputs):
+        if t + 1 >= qas[i].num_clips:
+            continue
+        for text, _ in outs:
+            memory = parse_output(text, len(qas[i].options)).memory
+            keys.setdefault((i, memory if memory is not None else f.memory), None)
+    if not keys:
+        return {}
+    greedy = GenerationConfig(cfg.max_new_tokens, False)
+    results = run_memory_loop(
+        policy, [qas[i] for i, _ in keys], greedy, start_clip=t + 1, memories=[m for _, m in keys]
+    )
+    return {key: (r.steps[-1].output if r.steps else None) for key, r in zip(keys, results)}
 
 
 def answerable(qa: VideoQA, clip_index: int, gate: str = "none") -> bool:

@@ -1,0 +1,129 @@
+"""PSP rollouts on a scripted policy: which answer the TCR answer term scores (``answer_target``).
+
+The script is a counting question whose first clip tempts an early guess: over-counting at clip 1
+names the final count, so the paper's provisional-answer reward pays it, while the loop continued
+from that memory ends one too high. ``answer_target=continuation`` scores the continued loop's last
+answer instead, and pays the memory that counts right.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from tests.test_memory_loop import make_qa
+from videomem.rl.rollout import RewardConfig, RolloutConfig, prpo_rollout
+
+
+def out(memory: str, answer: str) -> str:
+    return f"<memory>{memory}</memory><answer>{answer}</answer>"
+
+
+# (clip, carried memory) -> replies; sampled steps cycle through them, greedy steps take the first.
+# Clip 1 holds one object, clip 2 none; the gold count is 2 ("B").
+SCRIPT = {
+    (0, ""): [out("so far: 1", "A"), out("so far: 2", "B")],
+    (1, "so far: 1"): [out("so far: 2", "B")],
+    (1, "so far: 2"): [out("so far: 3", "C")],
+    (2, "so far: 2"): [out("so far: 2", "B")],
+    (2, "so far: 3"): [out("so far: 3", "C")],
+}
+
+
+@dataclass
+class _Inputs:
+    keys: list[tuple[int, str]]
+
+    def to(self, device):
+        return self
+
+
+class CountingPolicy:
+    """Replies from ``SCRIPT`` by (clip, memory shown); records the (clip, memory, samples) of every call."""
+
+    system_prompt = ""
+
+    class model:  # noqa: N801 - stands in for the HF model's .device
+        device = torch.device("cpu")
+
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+        self.calls: list[tuple[int, str, int]] = []
+
+    def build_inputs(self, messages, videos, completions=None):
+        keys = []
+        for msgs, video in zip(messages, videos):
+            memory = msgs[-1]["content"][1]["text"].rsplit("Memory: ", 1)[1]
+            keys.append((int(video[0, 0, 0, 1]), "" if memory == "(empty)" else memory))
+        return _Inputs(keys)
+
+    def generate(self, inputs, *, num_samples=1, do_sample=False, **kw):
+        rows = []
+        for key in inputs.keys:
+            self.calls.append((*key, num_samples))
+            replies = SCRIPT[key]
+            picks = [replies[g % len(replies)] if do_sample else replies[0] for g in range(num_samples)]
+            rows.append([[self._id(text)] for text in picks])
+        return rows
+
+    def _id(self, text: str) -> int:
+        self.texts.append(text)
+        return len(self.texts) - 1
+
+    def decode(self, ids):
+        return self.texts[ids[0]]
+
+    def count_tokens(self, text):
+        return len(text.split())
+
+
+def _rollout(policy, target: str, **reward):
+    qa = make_qa(0, 3)
+    cfg = RolloutConfig(group_size=4, max_new_tokens=8)
+    rcfg = RewardConfig(answer_target=target, **reward)
+    return prpo_rollout(policy, [qa], cfg, rcfg, generator=torch.Generator().manual_seed(0))
+
+
+def _first_clip(rollout) -> dict[str, float]:
+    return {n.memory_out: n.advantage for n in rollout.tree.nodes if n.clip_index == 0}
+
+
+def test_provisional_answer_pays_the_early_guess():
+    rollout = _rollout(CountingPolicy(), "provisional")
+    adv = _first_clip(rollout)
+    assert adv["so far: 2"] > 0 > adv["so far: 1"]  # the paper's TCR: the over-count is rewarded
+    first = [n for n in rollout.tree.nodes if n.clip_index == 0]
+    assert [n.reward_terms["answer"] for n in first] == [0.0, 1.0, 0.0, 1.0]
+
+
+def test_continuation_pays_the_memory_that_leads_to_the_gold_answer():
+    policy = CountingPolicy()
+    rollout = _rollout(policy, "continuation")
+    adv = _first_clip(rollout)
+    assert adv["so far: 1"] > 0 > adv["so far: 2"]
+    first = [n for n in rollout.tree.nodes if n.clip_index == 0]
+    assert [n.reward_terms["answer"] for n in first] == [1.0, 0.0, 1.0, 0.0]
+    # PSP carries a memory chosen by these advantages; the last clip is scored on its own answer
+    last = [n for n in rollout.tree.nodes if n.clip_index == 2]
+    assert all(n.reward_terms["answer"] == float(n.output.endswith("<answer>B</answer>")) for n in last)
+    # one greedy chain per distinct memory (the four siblings wrote two): clips 1 and 2 from each
+    # clip-0 memory, then clip 2 from the one memory the clip-1 siblings wrote
+    greedy = sorted(c[:2] for c in policy.calls if c[2] == 1)
+    assert greedy == sorted(
+        [(1, "so far: 1"), (1, "so far: 2"), (2, "so far: 2"), (2, "so far: 3")]
+        + [(2, m) for m in {n.memory_out for n in rollout.tree.nodes if n.clip_index == 1}]
+    )
+
+
+def test_terminal_reward_needs_no_continuation():
+    policy = CountingPolicy()
+    rollout = _rollout(policy, "continuation", tcr=False)
+    assert all(c[2] == 4 for c in policy.calls)  # only the G-sample steps ran
+    assert all(n.advantage == 0.0 for n in rollout.tree.nodes if n.clip_index < 2)
+
+
+def test_unknown_answer_target_is_refused():
+    with pytest.raises(ValueError, match="answer_target"):
+        RewardConfig(answer_target="final")
