@@ -78,6 +78,7 @@ def _overrides(shards: Path, sft_ckpt: Path, extra: list[str]) -> list[str]:
         ["module.reward.answer_gate=oracle"],
         ["module.reward.answer_target=continuation"],
         ["module.reward.answer_target=continuation", "psp=false"],
+        ["module.epochs=2"],
     ],
     ids=[
         "full",
@@ -90,6 +91,7 @@ def _overrides(shards: Path, sft_ckpt: Path, extra: list[str]) -> list[str]:
         "answer_gate=oracle",
         "answer_target=continuation",
         "answer_target=continuation+psp=false",
+        "epochs=2",
     ],
 )
 def test_switch_trains_one_step(compose_cfg, shards, sft_ckpt, switch: list[str], monkeypatch) -> None:

@@ -199,3 +199,40 @@ def test_the_update_raises_the_probability_of_rewarded_tokens(shared):
         opt.step()
     end = even_mass()
     assert 0.3 < start < 0.7 and end > 0.9, (start, end)
+
+
+@pytest.mark.parametrize("use_liger", [True, False])
+def test_later_epochs_clip_against_the_rollout_policy(use_liger):
+    """With epochs > 1 the first pass keeps log pi_old; a later pass over the same samples, after an
+    optimiser step, has ratio != 1 and clips. Without the kept log-probs it would be on-policy again
+    (ratio 1, nothing clipped) whatever the step did."""
+    torch.manual_seed(0)
+    module = PRPOModule(
+        policy=functools.partial(build_policy, "qwen2_5_vl", tiny=TINY),
+        optimizer=functools.partial(torch.optim.SGD, lr=50.0),
+        cold_start=False,
+        use_liger=use_liger,
+        epochs=2,
+    )
+    module.configure_model()
+    policy = module.policy
+    messages, videos = _prompts(policy, 1)
+    texts = ["<memory>red</memory><answer>A</answer>", "<memory>blue</memory><answer>B</answer>"]
+    samples = [
+        RolloutSample(k, 0, 0, messages[0], videos[0], t, a, None, policy._encode(t))
+        for k, (t, a) in enumerate(zip(texts, [1.0, -1.0]))
+    ]
+    loss, stats = module._micro_loss(samples, 20.0, weight=1.0, keep_logprobs=True)
+    old = stats["logprobs"]
+    _, targets, mask = policy.group_hidden_states(
+        [messages[0]], [videos[0]], [[s.completion_ids for s in samples]]
+    )
+    assert old.shape == targets.shape and bool((old[mask.bool()] < 0).all())
+    assert float(stats["clip_fraction"]) == 0.0  # the first pass is on-policy
+    opt = module.configure_optimizers()
+    loss.backward()
+    opt.step()
+    _, again = module._micro_loss(samples, 20.0, weight=1.0)
+    _, later = module._micro_loss(samples, 20.0, weight=1.0, old_logprobs=old)
+    assert float(again["clip_fraction"]) == 0.0
+    assert float(later["clip_fraction"]) > 0.0

@@ -25,7 +25,7 @@ from lightning import LightningModule
 
 from videomem.data.types import VideoQA
 from videomem.memory.loop import GenerationConfig
-from videomem.rl.loss import fused_grpo_loss, naive_grpo_loss
+from videomem.rl.loss import fused_grpo_loss, naive_grpo_loss, token_logprobs
 from videomem.rl.rollout import RewardConfig, RolloutConfig, RolloutSample, prpo_rollout
 from videomem.train.parallel import gathered_for_generation, maybe_shard
 from videomem.train.validation import LoopValidation
@@ -144,8 +144,19 @@ class PRPOModule(LightningModule):
 
     # ---- update --------------------------------------------------------------------------------
     def _micro_loss(
-        self, samples: list[RolloutSample], num_tokens: float, weight: float
+        self,
+        samples: list[RolloutSample],
+        num_tokens: float,
+        weight: float,
+        old_logprobs: torch.Tensor | None = None,
+        keep_logprobs: bool = False,
     ) -> tuple[torch.Tensor, dict]:
+        """Clipped-surrogate loss of one micro-batch.
+
+        ``old_logprobs`` [B, L] are log pi_old of the targets (None: on-policy, ratio 1, the first pass
+        over a rollout). ``keep_logprobs`` also returns the current ones, detached, in
+        ``stats["logprobs"]``: the old log-probs of the later epochs over the same micro-batch.
+        """
         if self.shared_prefix_update:  # each prompt once, its sampled completions packed after it
             groups = _prompt_groups(samples)
             samples = [s for g in groups for s in g]  # row order of group_hidden_states
@@ -173,7 +184,15 @@ class PRPOModule(LightningModule):
                 ref_logits = ref_hidden() @ self.ref_policy.lm_head_weight.T
                 ref = torch.log_softmax(ref_logits.float() / self.rollout_cfg.temperature, -1)
                 ref = ref.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # [B, L-1]
+        stats_extra = {}
+        if keep_logprobs:
+            with torch.no_grad():  # row by row: no [B, L, V] logits for the whole micro-batch
+                w = self.policy.lm_head_weight
+                t = self.rollout_cfg.temperature
+                rows = [token_logprobs(h @ w.T, y, t) for h, y in zip(hidden.detach(), targets)]
+                stats_extra["logprobs"] = torch.stack(rows)  # [B, L]
         kwargs = dict(
+            old_logprobs=old_logprobs,
             ref_logprobs=ref,
             eps_low=self.eps_low,
             eps_high=self.eps_high,
@@ -193,7 +212,7 @@ class PRPOModule(LightningModule):
             )
         else:
             loss, stats = naive_grpo_loss(hidden, self.policy.lm_head_weight, targets, mask, adv, **kwargs)
-        return loss * weight, stats
+        return loss * weight, {**stats, **stats_extra}
 
     def training_step(self, batch: list[VideoQA], batch_idx: int) -> None:
         opt = self.optimizers()
@@ -228,13 +247,22 @@ class PRPOModule(LightningModule):
 
         t1 = time.perf_counter()
         loss_sum, clip_sum, kl_sum = 0.0, 0.0, 0.0
-        for _ in range(self.epochs):
+        old: dict[int, torch.Tensor] = {}  # log pi_old per micro-batch, from the first pass (epochs > 1)
+        for epoch in range(self.epochs):
             for c in range(n_chunks):
                 real = c < len(chunks)
                 micro = chunks[c] if real else rollout.samples[:1]  # zero-weight padding under DDP
                 if not micro:
                     continue
-                loss, stats = self._micro_loss(micro, num_tokens, weight=float(world) if real else 0.0)
+                loss, stats = self._micro_loss(
+                    micro,
+                    num_tokens,
+                    weight=float(world) if real else 0.0,
+                    old_logprobs=old.get(c),
+                    keep_logprobs=self.epochs > 1 and epoch == 0,
+                )
+                if "logprobs" in stats:
+                    old[c] = stats.pop("logprobs")
                 self.manual_backward(loss)
                 loss_sum += float(loss.detach()) / world
                 clip_sum += float(stats["clip_fraction"]) * len(micro)
