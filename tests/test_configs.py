@@ -72,17 +72,29 @@ def test_sft_more_continues_the_cold_start_without_overwriting_it(compose_cfg) -
 def test_prpo_long_is_the_default_prpo_with_a_schedule_and_a_mixture(compose_cfg) -> None:
     base, long = compose_cfg("prpo", []), compose_cfg("prpo", ["experiment=prpo_long"])
     assert long.task_name == "prpo_long"  # its policy lands beside logs/prpo/latest
-    assert long.module.reward == base.module.reward and long.psp == base.psp and long.tcr == base.tcr
+    assert long.psp == base.psp and long.tcr == base.tcr
+    assert long.module.reward.answer_target == "provisional" and long.data.batch_size == 4  # as measured
+    assert {**long.module.reward, "answer_target": None} == {**base.module.reward, "answer_target": None}
     assert long.module.scheduler.total_steps == long.trainer.max_steps == 1000
     assert long.data.category_keep.first == 0.0 and long.data.category_keep.count == 0.5
     assert long.module.rollout.group_size == 16
 
 
-def test_prpo_steady_changes_only_the_schedule_the_batch_and_the_mixture(compose_cfg) -> None:
+def test_prpo_steady_pins_the_provisional_reward_1e4_a_schedule_a_batch_and_a_mixture(compose_cfg) -> None:
     base, steady = compose_cfg("prpo", []), compose_cfg("prpo", ["experiment=prpo_steady"])
     assert steady.task_name == "prpo_steady"  # its policy lands beside logs/prpo/latest
-    assert steady.module.reward == base.module.reward and steady.module.rollout == base.module.rollout
+    assert steady.module.rollout == base.module.rollout
+    assert steady.module.reward.answer_target == "provisional"  # as measured, whatever the default
+    assert {**steady.module.reward, "answer_target": None} == {**base.module.reward, "answer_target": None}
     assert steady.psp == base.psp and steady.tcr == base.tcr and steady.init_from == base.init_from
     assert steady.module.scheduler.total_steps == steady.trainer.max_steps == 400
     assert steady.module.optimizer.lr == 1e-4 and steady.data.batch_size == 8
     assert dict(steady.data.category_keep) == {"count": 1.0, "first": 0.0, "shape": 1.0}
+
+
+def test_default_prpo_scores_memories_by_their_continuation_on_a_decaying_schedule(compose_cfg) -> None:
+    cfg = compose_cfg("prpo", [])
+    assert cfg.module.reward.answer_target == "continuation" and cfg.tcr  # README, "Scoring a memory"
+    assert cfg.module.scheduler.total_steps == cfg.trainer.max_steps  # the cosine ends with the run
+    assert cfg.module.scheduler.warmup_steps < cfg.trainer.max_steps
+    assert cfg.module.rollout.group_size == 8 and cfg.module.rollout.keep == 1  # the paper's G and K

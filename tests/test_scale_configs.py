@@ -73,6 +73,8 @@ def test_paper_recipe_numbers(compose_cfg, model_env, experiment: str, trainer: 
             1024,
         )
         assert cfg.module.rollout.max_new_tokens > cfg.module.reward.max_memory_tokens
+        # the paper's reward and schedule, whatever the tiny default uses
+        assert cfg.module.reward.answer_target == "provisional" and cfg.module.scheduler is None
 
 
 @pytest.mark.parametrize("experiment", sorted(PAPER))
