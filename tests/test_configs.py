@@ -98,3 +98,12 @@ def test_default_prpo_scores_memories_by_their_continuation_on_a_decaying_schedu
     assert cfg.module.scheduler.total_steps == cfg.trainer.max_steps  # the cosine ends with the run
     assert cfg.module.scheduler.warmup_steps < cfg.trainer.max_steps
     assert cfg.module.rollout.group_size == 8 and cfg.module.rollout.keep == 1  # the paper's G and K
+
+
+def test_prpo_kl_is_the_default_with_a_kl_anchor_and_more_steps(compose_cfg) -> None:
+    base, kl = compose_cfg("prpo", []), compose_cfg("prpo", ["experiment=prpo_kl"])
+    assert kl.task_name == "prpo_kl"  # its policy lands beside logs/prpo/latest
+    assert kl.module.kl_coef == 0.05 and base.module.kl_coef == 0.0
+    assert kl.module.scheduler.total_steps == kl.trainer.max_steps == 600
+    assert kl.module.reward == base.module.reward and kl.module.rollout == base.module.rollout
+    assert kl.data == base.data and kl.module.optimizer == base.module.optimizer

@@ -79,6 +79,7 @@ def _overrides(shards: Path, sft_ckpt: Path, extra: list[str]) -> list[str]:
         ["module.reward.answer_target=continuation"],
         ["module.reward.answer_target=continuation", "psp=false"],
         ["module.epochs=2"],
+        ["module.kl_coef=0.05"],
     ],
     ids=[
         "full",
@@ -92,6 +93,7 @@ def _overrides(shards: Path, sft_ckpt: Path, extra: list[str]) -> list[str]:
         "answer_target=continuation",
         "answer_target=continuation+psp=false",
         "epochs=2",
+        "kl_coef=0.05",
     ],
 )
 def test_switch_trains_one_step(compose_cfg, shards, sft_ckpt, switch: list[str], monkeypatch) -> None:
