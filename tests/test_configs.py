@@ -94,7 +94,7 @@ def test_prpo_steady_pins_the_provisional_reward_1e4_a_schedule_a_batch_and_a_mi
 
 def test_default_prpo_scores_memories_by_their_continuation_on_a_decaying_schedule(compose_cfg) -> None:
     cfg = compose_cfg("prpo", [])
-    assert cfg.module.reward.answer_target == "continuation" and cfg.tcr  # README, "Scoring a memory"
+    assert cfg.module.reward.answer_target == "continuation" and cfg.tcr  # README, "PRPO by default"
     assert cfg.module.scheduler.total_steps == cfg.trainer.max_steps  # the cosine ends with the run
     assert cfg.module.scheduler.warmup_steps < cfg.trainer.max_steps
     assert cfg.module.rollout.group_size == 8 and cfg.module.rollout.keep == 1  # the paper's G and K
