@@ -107,3 +107,14 @@ def test_prpo_kl_is_the_default_with_a_kl_anchor_and_more_steps(compose_cfg) -> 
     assert kl.module.scheduler.total_steps == kl.trainer.max_steps == 600
     assert kl.module.reward == base.module.reward and kl.module.rollout == base.module.rollout
     assert kl.data == base.data and kl.module.optimizer == base.module.optimizer
+
+
+def test_prpo_kl_shape_is_prpo_kl_on_the_updated_samples_with_half_the_count_questions(compose_cfg) -> None:
+    kl, shape = compose_cfg("prpo", ["experiment=prpo_kl"]), compose_cfg("prpo", ["experiment=prpo_kl_shape"])
+    assert shape.task_name == "prpo_kl_shape"
+    assert kl.module.kl_zero_advantage is True and shape.module.kl_zero_advantage is False
+    assert (
+        shape.module.kl_coef == 0.05 and shape.trainer.max_steps == shape.module.scheduler.total_steps == 600
+    )
+    assert dict(shape.data.category_keep) == {"count": 0.5, "first": 0.0, "shape": 1.0}
+    assert shape.module.reward == kl.module.reward and shape.module.optimizer == kl.module.optimizer
