@@ -274,3 +274,9 @@ def test_vision_lr_scale_multiplies_the_vision_towers_lr_under_the_schedule(scal
     assert vision and len(vision) < len(lrs)
     for n, lr in lrs.items():
         assert lr == pytest.approx(1e-3 * factor * (scale if n in vision else 1.0)), n
+
+
+@pytest.mark.parametrize("scale", [0.0, -1.0])
+def test_a_vision_lr_scale_that_is_not_positive_is_refused(scale):
+    with pytest.raises(ValueError, match="vision_lr_scale"):
+        PRPOModule(policy=lambda: None, optimizer=torch.optim.AdamW, vision_lr_scale=scale)

@@ -116,6 +116,8 @@ class PRPOModule(LightningModule):
         self.liger_chunk_size = liger_chunk_size
         self.skip_zero_advantage = skip_zero_advantage
         self.kl_zero_advantage = kl_zero_advantage
+        if not vision_lr_scale > 0:
+            raise ValueError(f"module.vision_lr_scale must be > 0, got {vision_lr_scale}")
         self.vision_lr_scale = vision_lr_scale
         self.shared_prefix_update = shared_prefix_update
         self.seed = seed
@@ -339,9 +341,10 @@ class PRPOModule(LightningModule):
 def _param_groups(policy: nn.Module, vision_lr_scale: float) -> list[dict]:
     """Trainable parameters as optimiser groups: the vision tower (``visual`` in the name) in a group
     whose ``lr_scale`` multiplies the optimiser's learning rate (see ``vision_lr_scale``), the rest at it."""
-    params = [(n, p) for n, p in policy.named_parameters() if p.requires_grad]
-    vision = [p for n, p in params if ".visual." in f".{n}."]
-    rest = [p for n, p in params if ".visual." not in f".{n}."]
+    rest, vision = [], []
+    for name, p in policy.named_parameters():
+        if p.requires_grad:
+            (vision if ".visual." in f".{name}." else rest).append(p)
     if vision_lr_scale == 1.0 or not vision:
         return [{"params": rest + vision}]
     return [{"params": rest}, {"params": vision, "lr_scale": vision_lr_scale}]
