@@ -78,6 +78,7 @@ def test_prpo_long_is_the_default_prpo_with_a_schedule_and_a_mixture(compose_cfg
     assert long.module.scheduler.total_steps == long.trainer.max_steps == 1000
     assert long.data.category_keep.first == 0.0 and long.data.category_keep.count == 0.5
     assert long.module.rollout.group_size == 16
+    assert long.module.kl_coef == 0.0  # measured without an anchor, whatever the default
 
 
 def test_prpo_steady_pins_the_provisional_reward_1e4_a_schedule_a_batch_and_a_mixture(compose_cfg) -> None:
@@ -90,6 +91,7 @@ def test_prpo_steady_pins_the_provisional_reward_1e4_a_schedule_a_batch_and_a_mi
     assert steady.module.scheduler.total_steps == steady.trainer.max_steps == 400
     assert steady.module.optimizer.lr == 1e-4 and steady.data.batch_size == 8
     assert dict(steady.data.category_keep) == {"count": 1.0, "first": 0.0, "shape": 1.0}
+    assert steady.module.kl_coef == 0.0  # measured without an anchor, whatever the default
 
 
 def test_default_prpo_scores_memories_by_their_continuation_on_a_decaying_schedule(compose_cfg) -> None:
@@ -100,10 +102,21 @@ def test_default_prpo_scores_memories_by_their_continuation_on_a_decaying_schedu
     assert cfg.module.rollout.group_size == 8 and cfg.module.rollout.keep == 1  # the paper's G and K
 
 
-def test_prpo_kl_is_the_default_with_a_kl_anchor_and_more_steps(compose_cfg) -> None:
+def test_default_prpo_anchors_to_the_cold_start_on_the_updated_samples_and_the_paper_does_not(
+    compose_cfg, monkeypatch, tmp_path
+) -> None:
+    cfg = compose_cfg("prpo", [])
+    assert cfg.module.kl_coef == 0.15 and cfg.module.kl_zero_advantage is False  # README, "PRPO by default"
+    assert cfg.trainer.max_steps == 600 and cfg.init_from.endswith("/sft/latest")
+    monkeypatch.setenv("VIDEOMEM_QWEN3_VL_8B", str(tmp_path))
+    for paper in ("paper_prpo", "paper_prpo_qwen2_5_vl", "paper_prpo_tiny"):  # method.md's DECISION: no KL
+        assert compose_cfg("prpo", [f"experiment={paper}"]).module.kl_coef == 0.0
+
+
+def test_prpo_kl_is_the_exact_kl_objective_at_0_05_over_600_steps(compose_cfg) -> None:
     base, kl = compose_cfg("prpo", []), compose_cfg("prpo", ["experiment=prpo_kl"])
     assert kl.task_name == "prpo_kl"  # its policy lands beside logs/prpo/latest
-    assert kl.module.kl_coef == 0.05 and base.module.kl_coef == 0.0
+    assert kl.module.kl_coef == 0.05 and kl.module.kl_zero_advantage is True  # the exact objective
     assert kl.module.scheduler.total_steps == kl.trainer.max_steps == 600
     assert kl.module.reward == base.module.reward and kl.module.rollout == base.module.rollout
     assert kl.data == base.data and kl.module.optimizer == base.module.optimizer

@@ -79,7 +79,8 @@ def _overrides(shards: Path, sft_ckpt: Path, extra: list[str]) -> list[str]:
         ["module.reward.answer_target=continuation"],
         ["module.reward.answer_target=continuation", "psp=false"],
         ["module.epochs=2"],
-        ["module.kl_coef=0.05"],
+        ["module.kl_coef=0.05", "module.kl_zero_advantage=true"],
+        ["module.kl_coef=0"],
         [
             "module.kl_coef=0.05",
             "module.skip_zero_advantage=true",
@@ -99,7 +100,8 @@ def _overrides(shards: Path, sft_ckpt: Path, extra: list[str]) -> list[str]:
         "answer_target=continuation",
         "answer_target=continuation+psp=false",
         "epochs=2",
-        "kl_coef=0.05",
+        "kl_on_every_sample",
+        "kl_coef=0 (method.md: no reference model)",
         "kl_on_updated_samples+vision_lr_scale",
     ],
 )
@@ -118,6 +120,7 @@ def test_switch_trains_one_step(compose_cfg, shards, sft_ckpt, switch: list[str]
     cfg = compose_cfg("prpo", _overrides(shards, sft_ckpt, switch))
     datamodule, module, trainer = build(cfg)
     module.configure_model()
+    assert (module.ref_policy is None) == (cfg.module.kl_coef == 0)  # a reference only for a KL term
     before = {n: p.detach().clone() for n, p in module.policy.named_parameters()}
     trainer.fit(module, datamodule=datamodule)
     changed = [n for n, p in module.policy.named_parameters() if not torch.equal(before[n], p.detach())]
