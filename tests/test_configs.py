@@ -107,7 +107,7 @@ def test_default_prpo_anchors_to_the_cold_start_on_the_updated_samples_and_the_p
 ) -> None:
     cfg = compose_cfg("prpo", [])
     assert cfg.module.kl_coef == 0.15 and cfg.module.kl_zero_advantage is False  # README, "PRPO by default"
-    assert cfg.trainer.max_steps == 600 and cfg.init_from.endswith("/sft/latest")
+    assert cfg.trainer.max_steps == 500 and cfg.init_from.endswith("/sft/latest")
     monkeypatch.setenv("VIDEOMEM_QWEN3_VL_8B", str(tmp_path))
     for paper in ("paper_prpo", "paper_prpo_qwen2_5_vl", "paper_prpo_tiny"):  # method.md's DECISION: no KL
         assert compose_cfg("prpo", [f"experiment={paper}"]).module.kl_coef == 0.0
