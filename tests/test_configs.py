@@ -103,12 +103,11 @@ def test_default_prpo_scores_memories_by_their_continuation_on_a_decaying_schedu
 
 
 def test_default_prpo_anchors_to_the_cold_start_on_the_updated_samples_and_the_paper_does_not(
-    compose_cfg, monkeypatch, tmp_path
+    compose_cfg,
 ) -> None:
     cfg = compose_cfg("prpo", [])
     assert cfg.module.kl_coef == 0.15 and cfg.module.kl_zero_advantage is False  # README, "PRPO by default"
     assert cfg.trainer.max_steps == 500 and cfg.init_from.endswith("/sft/latest")
-    monkeypatch.setenv("VIDEOMEM_QWEN3_VL_8B", str(tmp_path))
     for paper in ("paper_prpo", "paper_prpo_qwen2_5_vl", "paper_prpo_tiny"):  # method.md's DECISION: no KL
         assert compose_cfg("prpo", [f"experiment={paper}"]).module.kl_coef == 0.0
 
