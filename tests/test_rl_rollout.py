@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
+import videomem.rl.rollout as rollout_module
 from tests.test_memory_loop import make_qa
 from videomem.rl.rollout import RewardConfig, RolloutConfig, prpo_rollout
 
@@ -109,12 +110,74 @@ def test_continuation_pays_the_memory_that_leads_to_the_gold_answer():
     last = [n for n in rollout.tree.nodes if n.clip_index == 2]
     assert all(n.reward_terms["answer"] == float(n.output.endswith("<answer>B</answer>")) for n in last)
     # one greedy chain per distinct memory (the four siblings wrote two): clips 1 and 2 from each
-    # clip-0 memory, then clip 2 from the one memory the clip-1 siblings wrote
+    # clip-0 memory. The clip-1 siblings then write what the chain from their memory wrote at clip 1,
+    # a state that chain already continued from: no chain of their own
     greedy = sorted(c[:2] for c in policy.calls if c[2] == 1)
-    assert greedy == sorted(
-        [(1, "so far: 1"), (1, "so far: 2"), (2, "so far: 2"), (2, "so far: 3")]
-        + [(2, m) for m in {n.memory_out for n in rollout.tree.nodes if n.clip_index == 1}]
+    assert greedy == [(1, "so far: 1"), (1, "so far: 2"), (2, "so far: 2"), (2, "so far: 3")]
+    assert {n.memory_out for n in rollout.tree.nodes if n.clip_index == 1} <= {"so far: 2", "so far: 3"}
+
+
+def _without_reuse(monkeypatch) -> None:
+    """Every clip's continuations from scratch (a fresh state table per call): the reference."""
+    original = rollout_module._continuation_answers
+    monkeypatch.setattr(rollout_module, "_continuation_answers", lambda *args: original(*args[:6], {}))
+
+
+def _scores(rollout) -> list[tuple]:
+    return [(n.output, n.reward_terms, n.advantage, n.selected) for n in rollout.tree.nodes]
+
+
+def test_reusing_visited_states_changes_no_score_and_saves_chains(monkeypatch):
+    reused = CountingPolicy()
+    expected = _scores(_rollout(reused, "continuation"))
+    _without_reuse(monkeypatch)
+    fresh = CountingPolicy()
+    assert _scores(_rollout(fresh, "continuation")) == expected
+    greedy = [c for c in fresh.calls if c[2] == 1]
+    assert len(greedy) == len([c for c in reused.calls if c[2] == 1]) + 1  # (2, carried memory) again
+
+
+def test_reusing_visited_states_on_a_real_policy_gives_the_same_tree(monkeypatch):
+    from videomem.data.types import VideoQA
+    from videomem.model.policy import build_policy
+
+    policy = build_policy("qwen2_5_vl", tiny={"hidden_size": 64, "num_hidden_layers": 2}).eval()
+    g = torch.Generator().manual_seed(0)
+    side = 2 * policy.patch_multiple
+    qas = [
+        VideoQA(
+            video_id=f"v{i}",
+            qid="q",
+            question="How many?",
+            options=["1", "2", "3", "4"],
+            answer="B",
+            category="count",
+            clips=[
+                torch.randint(0, 256, (4, side, side, 3), generator=g, dtype=torch.uint8) for _ in range(3)
+            ],
+            spans=None,
+        )
+        for i in range(2)
+    ]
+    cfg = RolloutConfig(group_size=4, max_new_tokens=6)
+    rcfg = RewardConfig(answer_target="continuation")
+
+    rows = []
+    loop = rollout_module.run_memory_loop
+    monkeypatch.setattr(
+        rollout_module, "run_memory_loop", lambda p, q, *a, **k: rows.append(len(q)) or loop(p, q, *a, **k)
     )
+
+    def run():
+        rows.clear()
+        scores = _scores(prpo_rollout(policy, qas, cfg, rcfg, generator=torch.Generator().manual_seed(1)))
+        return scores, sum(rows)
+
+    expected, reused_rows = run()
+    _without_reuse(monkeypatch)
+    scores, fresh_rows = run()
+    assert scores == expected
+    assert reused_rows < fresh_rows
 
 
 def test_terminal_reward_needs_no_continuation():

@@ -177,6 +177,7 @@ def prpo_rollout(
     chains = 1 if cfg.psp else cfg.group_size
     per_prompt = cfg.group_size if cfg.psp else 1
     frontiers = [[_Frontier(None, "") for _ in range(chains)] for _ in qas]
+    continued: dict[tuple[int, int, str], str | None] = {}  # the greedy chains' states, this rollout
     for t in range(max(qa.num_clips for qa in qas)):
         active = [i for i, qa in enumerate(qas) if t < qa.num_clips]
         prompts = [(i, f) for i in active for f in frontiers[i]]
@@ -193,7 +194,7 @@ def prpo_rollout(
         )
         scored = None
         if reward.answer_target == "continuation" and reward.tcr:
-            scored = _continuation_answers(policy, qas, t, prompts, outputs, cfg)
+            scored = _continuation_answers(policy, qas, t, prompts, outputs, cfg, continued)
         for i in active:
             qa = qas[i]
             rows = [(f, outs) for (j, f), outs in zip(prompts, outputs) if j == i]
@@ -262,13 +263,26 @@ def prpo_rollout(
 
 
 def _continuation_answers(
-    policy, qas: list[VideoQA], t: int, prompts, outputs, cfg: RolloutConfig
+    policy,
+    qas: list[VideoQA],
+    t: int,
+    prompts,
+    outputs,
+    cfg: RolloutConfig,
+    continued: dict[tuple[int, int, str], str | None] | None = None,
 ) -> dict[tuple[int, str], str | None]:
     """(example, carried memory M_t) -> the last output of the loop continued greedily from clip t+1.
 
     Siblings that wrote the same memory share one continuation, so an example costs one greedy chain
     per distinct memory, batched over the whole batch; examples at their last clip need none.
+
+    ``continued`` (one per rollout: the weights do not change within it) maps every state a greedy
+    chain passed through, (example, clip, memory shown), to that chain's last output. A greedy step
+    depends on nothing but its clip and the memory shown, so a chain resumed from a visited state
+    would end where the visiting one did: a sample at clip t+1 that writes the memory the greedy chain
+    from M_t wrote there (most samples, once the evidence is in the memory) needs no chain of its own.
     """
+    continued = {} if continued is None else continued
     keys: dict[tuple[int, str], None] = {}
     for (i, f), outs in zip(prompts, outputs):
         if t + 1 >= qas[i].num_clips:
@@ -276,13 +290,18 @@ def _continuation_answers(
         for text, _ in outs:
             memory = parse_output(text, len(qas[i].options)).memory
             keys.setdefault((i, memory if memory is not None else f.memory), None)
-    if not keys:
-        return {}
-    greedy = GenerationConfig(cfg.max_new_tokens, False)
-    results = run_memory_loop(
-        policy, [qas[i] for i, _ in keys], greedy, start_clip=t + 1, memories=[m for _, m in keys]
-    )
-    return {key: (r.steps[-1].output if r.steps else None) for key, r in zip(keys, results)}
+    todo = [key for key in keys if (key[0], t + 1, key[1]) not in continued]
+    if todo:
+        greedy = GenerationConfig(cfg.max_new_tokens, False)
+        results = run_memory_loop(
+            policy, [qas[i] for i, _ in todo], greedy, start_clip=t + 1, memories=[m for _, m in todo]
+        )
+        for (i, memory), r in zip(todo, results):
+            last = r.steps[-1].output if r.steps else None
+            continued[(i, t + 1, memory)] = last
+            for k, step in enumerate(r.steps[:-1]):  # the chain then showed step.memory_out at t+2+k
+                continued.setdefault((i, t + 2 + k, step.memory_out), last)
+    return {key: continued[(key[0], t + 1, key[1])] for key in keys}
 
 
 def answerable(qa: VideoQA, clip_index: int, gate: str = "none") -> bool:
