@@ -1,0 +1,59 @@
+"""scripts/count_probe.py finds the clips that add two counted objects and reads the digit the policy writes."""
+
+from __future__ import annotations
+
+import torch
+
+from videomem.data.types import VideoQA
+from videomem.memory.loop import step_messages
+from videomem.memory.prompt import format_target
+from videomem.model.policy import build_policy
+
+
+def _qa(memories: list[str], side: int, category: str = "count") -> VideoQA:
+    g = torch.Generator().manual_seed(len(memories))
+    clips = [torch.randint(0, 256, (4, side, side, 3), generator=g, dtype=torch.uint8) for _ in memories]
+    return VideoQA(
+        video_id="v",
+        qid="q",
+        question="How many red objects appear in the whole video?",
+        options=["1", "2", "3", "4"],
+        answer="C",
+        category=category,
+        clips=clips,
+        spans=None,
+        memories=memories,
+    )
+
+
+def test_only_clips_that_add_two_or_more_are_probed(script):
+    mod = script("count_probe")
+    so_far = [f"red objects so far: {n}" for n in range(5)]
+    qas = [
+        _qa([so_far[0], so_far[2], so_far[3]], 28),  # clip 1 adds two
+        _qa([so_far[1], so_far[2], so_far[2]], 28),  # one at a time
+        _qa([so_far[3], so_far[3], so_far[4]], 28),  # clip 0 adds three
+        _qa(["green object: circle"] * 3, 28, category="shape"),
+    ]
+    found = [(qa.memories, t, before, after) for qa, t, before, after in mod.clips_adding(qas)]
+    assert found == [(qas[0].memories, 1, 0, 2), (qas[2].memories, 0, 0, 3)]
+
+
+def test_the_digit_distribution_is_the_policy_probability_of_each_count(script):
+    mod = script("count_probe")
+    policy = build_policy("qwen2_5_vl", tiny={"hidden_size": 64, "num_hidden_layers": 2}).eval()
+    qa = _qa([f"red objects so far: {n}" for n in (0, 2, 3)], 2 * policy.patch_multiple)
+    probs = mod.digit_distribution(policy, qa, 1, 2)
+    assert probs.shape == (5,) and 0 < float(probs.sum()) <= 1 + 1e-6
+    # each digit's probability, read off the forward pass over the completion that writes it
+    messages = step_messages(qa, 1, qa.memories[0], policy.system_prompt)
+    for d in range(5):
+        ids = policy._encode(format_target(f"red objects so far: {d}", "A"))
+        inputs = policy.build_inputs([messages], [qa.clips[1]], [ids])
+        with torch.no_grad():
+            logp = torch.log_softmax(policy(inputs).logits[0].float(), -1)  # [L, V]
+        labels = inputs.labels[0]
+        positions = (labels != -100).nonzero().flatten()
+        digit = policy._encode(f"so far: {d}")[-1]
+        at = next(int(p) for p in positions if int(labels[p]) == digit)
+        assert torch.allclose(probs[d], logp[at - 1, digit].exp(), atol=1e-5)
