@@ -51,21 +51,35 @@ class ScriptedPolicy:
         return len(text.split())
 
 
+def count_qa(vid: int, clips: list[torch.Tensor], **fields) -> VideoQA:
+    """A `count` question of video ``v{vid}`` over ``clips`` (``fields`` override the defaults)."""
+    values = dict(
+        video_id=f"v{vid}",
+        qid="q",
+        question="How many red objects appear in the whole video?",
+        options=["1", "2", "3", "4"],
+        answer="B",
+        category="count",
+        clips=clips,
+        spans=None,
+    )
+    return VideoQA(**(values | fields))
+
+
 def make_qa(vid: int, num_clips: int) -> VideoQA:
     # each clip's frames carry (video, clip) in pixel [0,0,0,:2] so the test can see what was shown
     clips = [torch.zeros(2, 4, 4, 3, dtype=torch.uint8) for _ in range(num_clips)]
     for t, c in enumerate(clips):
         c[..., 0], c[..., 1] = vid, t
-    return VideoQA(
-        video_id=f"v{vid}",
-        qid="q",
-        question="How many?",
-        options=["1", "2", "3", "4"],
-        answer="B",
-        category="count",
-        clips=clips,
-        spans=[(4.0 * t, 4.0 * t + 4) for t in range(num_clips)],
-    )
+    spans = [(4.0 * t, 4.0 * t + 4) for t in range(num_clips)]
+    return count_qa(vid, clips, question="How many?", spans=spans)
+
+
+def pixel_qa(vid: int, num_clips: int, side: int, generator: torch.Generator, **fields) -> VideoQA:
+    """A `count` question over random ``side`` x ``side`` frames a real policy can read."""
+    shape = (4, side, side, 3)
+    clips = [torch.randint(0, 256, shape, generator=generator, dtype=torch.uint8) for _ in range(num_clips)]
+    return count_qa(vid, clips, **fields)
 
 
 def user_text(call: _Inputs, row: int) -> str:

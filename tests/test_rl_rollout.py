@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import videomem.rl.rollout as rollout_module
-from tests.test_memory_loop import make_qa
+from tests.test_memory_loop import make_qa, pixel_qa
 from videomem.rl.rollout import RewardConfig, RolloutConfig, prpo_rollout
 
 
@@ -138,27 +138,11 @@ def test_reusing_visited_states_changes_no_score_and_saves_chains(monkeypatch):
 
 
 def test_reusing_visited_states_on_a_real_policy_gives_the_same_tree(monkeypatch):
-    from videomem.data.types import VideoQA
     from videomem.model.policy import build_policy
 
     policy = build_policy("qwen2_5_vl", tiny={"hidden_size": 64, "num_hidden_layers": 2}).eval()
     g = torch.Generator().manual_seed(0)
-    side = 2 * policy.patch_multiple
-    qas = [
-        VideoQA(
-            video_id=f"v{i}",
-            qid="q",
-            question="How many?",
-            options=["1", "2", "3", "4"],
-            answer="B",
-            category="count",
-            clips=[
-                torch.randint(0, 256, (4, side, side, 3), generator=g, dtype=torch.uint8) for _ in range(3)
-            ],
-            spans=None,
-        )
-        for i in range(2)
-    ]
+    qas = [pixel_qa(i, 3, 2 * policy.patch_multiple, g) for i in range(2)]
     cfg = RolloutConfig(group_size=4, max_new_tokens=6)
     rcfg = RewardConfig(answer_target="continuation")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from tests.test_memory_loop import pixel_qa
 from videomem.data.types import VideoQA
 from videomem.memory.loop import step_messages
 from videomem.memory.prompt import format_target
@@ -12,18 +13,7 @@ from videomem.model.policy import build_policy
 
 def _qa(memories: list[str], side: int, category: str = "count") -> VideoQA:
     g = torch.Generator().manual_seed(len(memories))
-    clips = [torch.randint(0, 256, (4, side, side, 3), generator=g, dtype=torch.uint8) for _ in memories]
-    return VideoQA(
-        video_id="v",
-        qid="q",
-        question="How many red objects appear in the whole video?",
-        options=["1", "2", "3", "4"],
-        answer="C",
-        category=category,
-        clips=clips,
-        spans=None,
-        memories=memories,
-    )
+    return pixel_qa(0, len(memories), side, g, memories=memories, category=category, answer="C")
 
 
 def test_only_clips_that_add_two_or_more_are_probed(script):
