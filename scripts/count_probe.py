@@ -5,11 +5,11 @@ that clip with the oracle memory of the clip before and the oracle output up to 
 (teacher forcing), and reads the policy's distribution over the digits 0-4 there. It reports the mean
 probability of the right count and of "one more than before" (the single-object habit), how often the
 right count is the argmax (what greedy evaluation writes), and the chance that G samples hold it at
-least once (so that the group can reward it). If that chance is high and the argmax still wrong after
-RL, the limit is how rarely such clips occur in training, not exploration (README, "From a cold start
-with `count` learnt").
+least once (so that the group can reward it). `--min-added 1 --max-added 1` reads the one-object clips
+instead, where "two more" is the error. Comparing a cold start with its PRPO policy shows whether RL
+raised or lowered the right count there (README, "RL unlearns the two-object clips").
 
-    .venv/bin/python scripts/count_probe.py --ckpt logs/sft/latest   # ~10 s
+    .venv/bin/python scripts/count_probe.py --ckpt logs/sft/latest   # ~10 s (one-object clips: ~1 min)
 """
 
 from __future__ import annotations
