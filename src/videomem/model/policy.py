@@ -1,85 +1,59 @@
 """The policy: a real transformers Qwen2.5-VL / Qwen3-VL plus its tokenizer, as one nn.Module.
 
-It turns chat messages + clip frames into a left-padded batch (``build_inputs``), runs the model with
-the 3-D multimodal rope actually in use (it builds ``mm_token_type_ids`` and passes explicit
-``position_ids``), and samples completions with a shared prefill (``generate``): each prompt row is
-prefilled once (vision tower once), its KV cache is kept once (never copied ``num_samples`` ways), and a
-plain Python loop decodes all samples in place, each step reading a row's prompt once for all its
-samples (``model/decoding.py``). This is the O(T) instead of O(T*G) prefill behind PRPO's speed-up
-(method.md section 3), and a decode that does not pay the prompt G times either. PRPO's update shares the
-prefix the same way (``group_hidden_states``): each prompt runs once with its G sampled completions
-packed behind it under a 4-D mask, instead of G prompt + completion rows.
+It runs the model with the 3-D multimodal rope actually in use (``rope_positions`` builds explicit
+``position_ids`` from ``mm_token_type_ids``), gives logits, hidden states for fused losses, and the
+shared-prefix hidden states of PRPO's update (``group_hidden_states``): each prompt runs once with its
+G sampled completions packed behind it under a 4-D mask, instead of G prompt + completion rows.
+
+Its other jobs live beside it, and its methods delegate there: batching chat + frames into
+``PolicyInputs`` (``model/inputs.py``), shared-prefill sampling (``model/generation.py``, the O(T)
+instead of O(T*G) prefill of docs/method.md section 3), and save / load / the ``build_policy`` factory
+with the frame geometry saved beside the weights (``model/checkpoint.py``). ``PolicyInputs`` and
+``build_policy`` are importable from here, as configs (``videomem.model.policy.build_policy``) and
+callers always have.
 
 It deliberately knows nothing of rewards, losses, optimisers or the memory prompt.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 from transformers import (
-    AutoTokenizer,
-    DynamicCache,
     PreTrainedModel,
     PreTrainedTokenizerFast,
     Qwen2_5_VLForConditionalGeneration,
     Qwen3VLForConditionalGeneration,
 )
 
-from videomem.model.decoding import SharedPrefixCache, grouped_decode, sample_next
-from videomem.model.liger import apply_liger_kernels, resolve_liger
-from videomem.model.tiny import EOS, PAD, build_tokenizer, tiny_config
-from videomem.model.vision import NORM, frames_to_patches, num_video_tokens
+from videomem.model import generation
+from videomem.model import inputs as _inputs
+from videomem.model.inputs import DEFAULT_FPS, VIDEO_PAD, VISION_END, VISION_START, PolicyInputs
+from videomem.model.tiny import EOS, PAD
+from videomem.model.vision import NORM
+
+if TYPE_CHECKING:
+    from videomem.model.checkpoint import FrameGeometry
+
+__all__ = [
+    "DEFAULT_FPS",
+    "MODEL_CLASSES",
+    "POLICY_FILE",
+    "VIDEO_PAD",
+    "VISION_END",
+    "VISION_START",
+    "Policy",
+    "PolicyInputs",
+]
 
 MODEL_CLASSES = {
     "qwen2_5_vl": Qwen2_5_VLForConditionalGeneration,
     "qwen3_vl": Qwen3VLForConditionalGeneration,
 }
 POLICY_FILE = "videomem_policy.json"
-VIDEO_PAD, VISION_START, VISION_END = "<|video_pad|>", "<|vision_start|>", "<|vision_end|>"
-DEFAULT_FPS = 2.0  # Qwen's default video sampling rate, used when the caller gives none
-
-
-@dataclass
-class PolicyInputs:
-    """A left-padded batch ready for the model (one video per row).
-
-    Attributes:
-        input_ids: ``[B, L]`` token ids, left padded.
-        attention_mask: ``[B, L]`` 1 on real tokens, 0 on padding.
-        mm_token_type_ids: ``[B, L]`` 0 text, 1 image pad, 2 video pad (drives the 3-D rope).
-        pixel_values_videos: ``[P, D]`` all videos' patches, batch order.
-        video_grid_thw: ``[B, 3]`` (t, h, w) patch grid of each row's video.
-        second_per_grid_ts: ``[B]`` seconds per temporal grid step of each video (Qwen2.5-VL positions).
-        labels: ``[B, L]`` -100 except completion tokens (training only).
-    """
-
-    input_ids: Tensor
-    attention_mask: Tensor
-    mm_token_type_ids: Tensor
-    pixel_values_videos: Tensor
-    video_grid_thw: Tensor
-    second_per_grid_ts: Tensor
-    labels: Tensor | None = None
-
-    def to(self, device: torch.device | str) -> PolicyInputs:
-        """The same batch on ``device``."""
-        return PolicyInputs(**{f.name: _to(getattr(self, f.name), device) for f in fields(self)})
-
-    def model_kwargs(self) -> dict:
-        """Keyword arguments of the HF model's forward (labels excluded).
-
-        Qwen3-VL's forward ignores ``second_per_grid_ts`` but HF ``generate`` rejects it: drop it there.
-        """
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "labels"}
-
-
-def _to(value: Tensor | None, device: torch.device | str) -> Tensor | None:
-    return None if value is None else value.to(device)
 
 
 class Policy(nn.Module):
@@ -108,6 +82,8 @@ class Policy(nn.Module):
             raise ValueError(f"unknown arch {arch!r}; expected one of {list(MODEL_CLASSES)}")
         self.model, self.tokenizer, self.arch = model, tokenizer, arch
         self.liger_kernels = False
+        # frame geometry it was trained with (model/checkpoint.py; None: unknown)
+        self.geometry: FrameGeometry | None = None
         # instruction this policy was trained with (None: the memory loop's default; "": none)
         self.system_prompt: str | None = None
         self.tokenizer.padding_side = "left"
@@ -152,76 +128,18 @@ class Policy(nn.Module):
                 temporal rope spacing (Qwen2.5-VL) and frame timestamps (Qwen3-VL). Default 2.0.
 
         Returns:
-            The batch; ``labels`` is None unless ``completions`` is given.
+            The batch; ``labels`` is None unless ``completions`` is given (``model/inputs.py``).
         """
-        if len(messages) != len(videos) or (completions is not None and len(completions) != len(videos)):
-            raise ValueError("messages, videos (and completions) must have one entry per row")
-        fps = video_fps if isinstance(video_fps, list) else [video_fps or DEFAULT_FPS] * len(videos)
-        if len(fps) != len(videos):
-            raise ValueError("video_fps must be one value or one per row")
-        rows, starts, pixels, grids = [], [], [], []
-        for i, (msgs, frames) in enumerate(zip(messages, videos)):
-            patches, grid = frames_to_patches(
-                frames,
-                patch_size=self.patch_size,
-                temporal_patch_size=self.temporal_patch_size,
-                merge_size=self.merge_size,
-                mean=self.image_mean,
-                std=self.image_std,
-            )
-            text = self.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-            if text.count(VIDEO_PAD) != 1:
-                raise ValueError(f"row {i}: the rendered prompt must hold exactly one video placeholder")
-            text = text.replace(VIDEO_PAD, self._video_placeholder(grid, frames.shape[0], fps[i]))
-            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-            starts.append(len(ids))
-            if completions is not None:
-                c = completions[i]
-                ids = ids + self._completion_ids(c)
-            rows.append(ids)
-            pixels.append(patches)
-            grids.append(grid)
-        width = max(len(r) for r in rows)
-        input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)  # [B, L]
-        attention_mask = torch.zeros(len(rows), width, dtype=torch.long)  # [B, L]
-        labels = torch.full((len(rows), width), -100, dtype=torch.long) if completions is not None else None
-        for i, ids in enumerate(rows):
-            input_ids[i, width - len(ids) :] = torch.tensor(ids)
-            attention_mask[i, width - len(ids) :] = 1
-            if labels is not None:
-                labels[i, width - len(ids) + starts[i] :] = input_ids[i, width - len(ids) + starts[i] :]
-        mm_types = (input_ids == self.image_token_id).long() + 2 * (input_ids == self.video_token_id).long()
-        return PolicyInputs(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            mm_token_type_ids=mm_types,
-            pixel_values_videos=torch.cat(pixels),  # [P, D]
-            video_grid_thw=torch.stack(grids),  # [B, 3]
-            second_per_grid_ts=torch.tensor([self.temporal_patch_size / f for f in fps]),  # [B]
-            labels=labels,
-        )
+        return _inputs.build_inputs(self, messages, videos, completions, video_fps=video_fps)
 
     def _video_placeholder(self, grid: Tensor, num_frames: int, fps: float) -> str:
-        """The expansion of one ``<|video_pad|>``, as the official processors write it.
-
-        Qwen2.5-VL: ``t*h*w/merge^2`` pads. Qwen3-VL: per temporal patch a ``<T seconds>`` timestamp
-        (mean time of its frames) then ``<|vision_start|>`` pads ``<|vision_end|>``.
-        """
-        if self.arch == "qwen2_5_vl":
-            return VIDEO_PAD * num_video_tokens(grid, self.merge_size)
-        per_frame = int(grid[1] * grid[2]) // self.merge_size**2
-        tp = self.temporal_patch_size
-        idx = list(range(num_frames)) + [num_frames - 1] * (-num_frames % tp)
-        times = [(idx[k] + idx[k + tp - 1]) / 2 / fps for k in range(0, len(idx), tp)]
-        return "".join(f"<{t:.1f} seconds>{VISION_START}{VIDEO_PAD * per_frame}{VISION_END}" for t in times)
+        return _inputs.video_placeholder(self, grid, num_frames, fps)
 
     def _encode(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return _inputs.encode(self, text)
 
     def _completion_ids(self, completion: str | list[int]) -> list[int]:
-        """A completion (text, or token ids as sampled) as trained: its ids closed with ``<|im_end|>``."""
-        ids = self._encode(completion) if isinstance(completion, str) else list(completion)
-        return ids + [self.im_end_id]
+        return _inputs.completion_ids(self, completion)
 
     def _hf_kwargs(self, inputs: PolicyInputs) -> dict:
         kwargs = inputs.model_kwargs()
@@ -360,7 +278,6 @@ class Policy(nn.Module):
         return self.model.get_output_embeddings().weight
 
     # -------------------------------------------------------------- generate
-    @torch.inference_mode()
     def generate(
         self,
         inputs: PolicyInputs,
@@ -384,62 +301,21 @@ class Policy(nn.Module):
             generator: Explicit RNG (same seed, same samples).
 
         Returns:
-            ``[B][G]`` completion token ids, cut before the first stop token (``<|im_end|>`` / eos).
+            ``[B][G]`` completion token ids, cut before the first stop token (``model/generation.py``).
         """
-        if do_sample and temperature <= 0:
-            raise ValueError("temperature must be > 0 when sampling (use do_sample=False for greedy)")
-        batch = inputs.input_ids.shape[0]
-        rows = batch * num_samples
-        device = inputs.input_ids.device
-        positions, deltas = self.rope_positions(inputs)  # [3, B, L], [B, 1]
-        out = self.model(
-            **self._hf_kwargs(inputs),
-            position_ids=positions,
-            past_key_values=DynamicCache(config=self.model.config),
-            use_cache=True,
-            logits_to_keep=1,
+        return generation.generate(
+            self,
+            inputs,
+            num_samples=num_samples,
+            max_new_tokens=max_new_tokens,
+            do_sample=do_sample,
+            temperature=temperature,
+            top_p=top_p,
+            generator=generator,
         )
-        text_config = self.model.model.language_model.config
-        heads_per_kv = text_config.num_attention_heads // text_config.num_key_value_heads
-        # Each row's prompt KV once (not G copies); its samples' tokens are appended after it.
-        cache = SharedPrefixCache(
-            out.past_key_values, inputs.attention_mask, num_samples, max_new_tokens, heads_per_kv
-        )
-        logits = out.logits[:, -1].repeat_interleave(num_samples, dim=0)  # [B*G, V]
-        del out
-        # Text continues after the largest prompt position: n_real + delta (= HF's cumsum(mask) - 1 + delta).
-        next_pos = inputs.attention_mask.sum(-1, keepdim=True) + deltas  # [B, 1]
-        next_pos = next_pos.repeat_interleave(num_samples, dim=0)  # [B*G, 1]
-        stop_ids = torch.tensor(self.stop_ids, device=device)
-        suppress = torch.tensor(self.suppress_ids, dtype=torch.long, device=device)
-        tokens = torch.full((rows, max_new_tokens), self.pad_id, dtype=torch.long, device=device)  # [B*G, N]
-        finished = torch.zeros(rows, dtype=torch.bool, device=device)  # [B*G]
-        # Decode attention: a row's G samples read its prompt together, in one SDPA call per layer.
-        with grouped_decode(text_config):
-            for step in range(max_new_tokens):
-                logits.index_fill_(-1, suppress, float("-inf"))  # no vision placeholders, in place
-                token = sample_next(logits, do_sample, temperature, top_p, generator)  # [B*G]
-                token = token.masked_fill(finished, self.pad_id)
-                tokens[:, step] = token
-                finished |= torch.isin(token, stop_ids)
-                if step == max_new_tokens - 1 or bool(finished.all()):
-                    break
-                out = self.model(
-                    input_ids=token[:, None],  # [B*G, 1]
-                    attention_mask=cache.next_mask(),  # [B, 1, G*r, L+G*(step+1)]
-                    position_ids=(next_pos + step).unsqueeze(0).expand(3, -1, -1),  # [3, B*G, 1]
-                    past_key_values=cache,
-                    use_cache=True,
-                )
-                logits = out.logits[:, -1]  # [B*G, V]
-        ids = tokens.tolist()
-        return [[self._strip(ids[b * num_samples + g]) for g in range(num_samples)] for b in range(batch)]
 
     def _strip(self, ids: list[int]) -> list[int]:
-        for i, t in enumerate(ids):
-            if t in self.stop_ids:
-                return ids[:i]
-        return ids
+        return generation.strip_stop(ids, self.stop_ids)
 
     # ------------------------------------------------------------------ text
     def decode(self, ids: list[int]) -> str:
@@ -447,33 +323,29 @@ class Policy(nn.Module):
         return self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
 
     def count_tokens(self, text: str) -> int:
-        """Length of ``text`` in this policy's tokens (memory length, method.md section 1.7)."""
+        """Length of ``text`` in this policy's tokens (memory length, docs/method.md section 1.7)."""
         return len(self._encode(text))
 
     # ------------------------------------------------------------- save/load
-    def save_pretrained(self, path: str | Path, state_dict: dict[str, Tensor] | None = None) -> None:
-        """Write model, tokenizer (with chat template) and ``videomem_policy.json`` to ``path``.
+    def save_pretrained(
+        self,
+        path: str | Path,
+        state_dict: dict[str, Tensor] | None = None,
+        *,
+        geometry: FrameGeometry | None = None,
+    ) -> None:
+        """Write model, tokenizer (with chat template), processor files and ``videomem_policy.json``.
 
         Args:
             path: Output directory.
             state_dict: Full weights keyed as ``self.state_dict()`` (``model.`` prefix), e.g. gathered
                 from a sharded policy; None saves the module's own weights.
+            geometry: The frame geometry the policy was trained with (the data config's); None keeps
+                ``self.geometry`` (the one it was loaded with, if any). See ``model/checkpoint.py``.
         """
-        path = Path(path)
-        if state_dict is not None:
-            state_dict = {k.removeprefix("model."): v for k, v in state_dict.items()}
-        self.model.save_pretrained(path, state_dict=state_dict)
-        self.tokenizer.save_pretrained(path)
-        meta = {
-            "arch": self.arch,
-            "patch_size": self.patch_size,
-            "temporal_patch_size": self.temporal_patch_size,
-            "merge_size": self.merge_size,
-            "image_mean": list(self.image_mean),
-            "image_std": list(self.image_std),
-            "system_prompt": self.system_prompt,
-        }
-        (path / POLICY_FILE).write_text(json.dumps(meta, indent=2))
+        from videomem.model.checkpoint import save_policy
+
+        save_policy(self, path, state_dict, geometry=geometry)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, dtype: torch.dtype | str | None = None) -> Policy:
@@ -483,98 +355,15 @@ class Policy(nn.Module):
             path: Local directory (never downloads).
             dtype: Weights dtype; None keeps the checkpoint's.
         """
-        path = Path(path)
-        arch = json.loads((path / "config.json").read_text()).get("model_type")
-        if arch not in MODEL_CLASSES:
-            raise ValueError(f"{path}: model_type {arch!r} is not one of {list(MODEL_CLASSES)}")
-        dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
-        model = MODEL_CLASSES[arch].from_pretrained(path, dtype=dtype or "auto", local_files_only=True)
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        if tokenizer.chat_template is None:
-            tokenizer.chat_template = _find_chat_template(path)
-        meta = json.loads((path / POLICY_FILE).read_text()) if (path / POLICY_FILE).exists() else {}
-        mean, std = meta.get("image_mean"), meta.get("image_std")
-        if mean is None:
-            mean, std = _processor_norm(path)
-        policy = cls(model, tokenizer, arch, image_mean=mean, image_std=std)
-        policy.system_prompt = meta.get("system_prompt")
-        return policy
+        from videomem.model.checkpoint import load_policy
+
+        return load_policy(cls, path, dtype)
 
 
-def _find_chat_template(path: Path) -> str:
-    """A real checkpoint's template may live beside the tokenizer (chat_template.jinja / .json)."""
-    if (path / "chat_template.jinja").exists():
-        return (path / "chat_template.jinja").read_text()
-    if (path / "chat_template.json").exists():
-        return json.loads((path / "chat_template.json").read_text())["chat_template"]
-    raise ValueError(f"{path}: the tokenizer has no chat template")
+def __getattr__(name: str) -> Any:
+    """``build_policy`` lives in ``model/checkpoint.py`` (which imports this module): re-exported lazily."""
+    if name == "build_policy":
+        from videomem.model.checkpoint import build_policy
 
-
-def _processor_norm(path: Path) -> tuple[list[float] | None, list[float] | None]:
-    """image_mean / image_std from a real checkpoint's (video) preprocessor config, else None (arch default)."""
-    for name in ("video_preprocessor_config.json", "preprocessor_config.json"):
-        if (path / name).exists():
-            cfg = json.loads((path / name).read_text())
-            if "image_mean" in cfg:
-                return cfg["image_mean"], cfg["image_std"]
-    return None, None
-
-
-def build_policy(
-    arch: str = "qwen2_5_vl",
-    path: str | None = None,
-    tiny: dict | None = None,
-    dtype: str = "float32",
-    seed: int = 0,
-    liger_kernels: bool | str = "auto",
-    system_prompt: str | None = None,
-) -> Policy:
-    """Factory for Lightning's ``configure_model`` (Hydra ``_partial_``).
-
-    Args:
-        arch: ``"qwen2_5_vl"`` or ``"qwen3_vl"``; must match the checkpoint when ``path`` is given.
-        path: Local checkpoint dir (a real Qwen-VL or a ``Policy.save_pretrained`` dir); None builds
-            a tiny random model.
-        tiny: Overrides of ``tiny.TINY_DEFAULTS`` (ignored with ``path``).
-        dtype: Weights dtype name (``"float32"``, ``"bfloat16"``, ...).
-        seed: Seed of the tiny model's random init (the global RNG is left untouched).
-        liger_kernels: ``"auto"`` (on iff CUDA is available), True or False: Liger's Triton kernels
-            patched into the built instance, and Liger's fused cross-entropy for SFT (``model/liger.py``).
-        system_prompt: The step instruction this policy is trained and run with, saved with it (None:
-            keep the checkpoint's, else the memory loop's default; "": no system turn).
-    """
-    torch_dtype = getattr(torch, dtype)
-    if path is not None:
-        if not Path(path).is_dir():
-            raise FileNotFoundError(
-                f"model path {path!r} is not a local checkpoint directory (nothing is downloaded): point "
-                "model.path (or the environment variable the config reads) at a Qwen-VL checkpoint dir"
-            )
-        policy = Policy.from_pretrained(path, dtype=torch_dtype)
-        if policy.arch != arch:
-            raise ValueError(f"checkpoint {path} is {policy.arch!r} but arch={arch!r} was requested")
-        if system_prompt is not None:
-            policy.system_prompt = system_prompt
-        return _with_liger(policy, liger_kernels)
-    tokenizer = build_tokenizer((tiny or {}).get("vocab_size", 768))
-    config = tiny_config(arch, tokenizer, tiny)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = MODEL_CLASSES[arch](config)
-    model.generation_config.eos_token_id = [
-        tokenizer.convert_tokens_to_ids(EOS),
-        tokenizer.convert_tokens_to_ids(PAD),
-    ]
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.bos_token_id = None
-    policy = Policy(model.to(torch_dtype).eval(), tokenizer, arch)
-    policy.system_prompt = system_prompt
-    return _with_liger(policy, liger_kernels)
-
-
-def _with_liger(policy: Policy, flag: bool | str) -> Policy:
-    """Patch the built instance (never the classes before building: see ``model/liger.py``)."""
-    if resolve_liger(flag):
-        apply_liger_kernels(policy.model, policy.arch, required=flag is True or str(flag).lower() == "true")
-        policy.liger_kernels = True
-    return policy
+        return build_policy
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
