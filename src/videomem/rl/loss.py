@@ -18,6 +18,9 @@ Three implementations with one meaning:
 - ``fused_grpo_loss``: Liger's ``LigerFusedLinearGRPOLoss``, which never materialises the logits
   (chunked over vocab and sequence). Its ``loss_type='dapo'`` with ``num_items_in_batch`` is exactly
   ``sum(per-token loss * mask) / N_tok`` (see ``fused_grpo_loss``).
+
+``chunked_token_logprobs`` gives per-token log-probs from hidden states a chunk of token rows at a
+time: the frozen reference policy's log-probs of the KL anchor, without [N, L, V] fp32 logits.
 """
 
 from __future__ import annotations
@@ -114,6 +117,50 @@ def token_logprobs(logits: Tensor, target_ids: Tensor, temperature: float = 1.0)
         logits = logits / temperature  # [N, L, V]
     logp = torch.log_softmax(logits, dim=-1)  # [N, L, V]
     return logp.gather(-1, target_ids.unsqueeze(-1)).squeeze(-1)  # [N, L]
+
+
+def chunked_token_logprobs(
+    hidden: Tensor,
+    lm_head_weight: Tensor,
+    target_ids: Tensor,
+    temperature: float = 1.0,
+    chunk_size: int = 1024,
+) -> Tensor:
+    """``token_logprobs(hidden @ W^T, targets, temperature)`` without the [N, L, V] logits.
+
+    The N*L token rows go through the output projection in ceil(N*L / chunk_size) near-equal chunks of
+    at most ``chunk_size`` rows; each chunk's logits are cast to fp32, divided by the temperature,
+    log-softmaxed and gathered before the next, so at most [chunk_size, V] logits exist at once (vs
+    [N, L, V] in the model dtype plus two fp32 copies). Each row's logits are the same dot products as
+    in the full matmul, but a BLAS may pick another kernel for a very thin matrix (measured with MKL
+    on the CPU: chunks of 1-3 rows, or 8 rows with 2 threads, differ from the full matmul in the last
+    bit); near-equal chunks are never thinner than ``chunk_size // 2`` (unless N*L is), so the default
+    gives bitwise the full computation's values on the tiny CPU default (tests/test_rl_loss.py).
+
+    Args:
+        hidden: [N, L, H] hidden states at the positions that predict ``target_ids``.
+        lm_head_weight: [V, H] output projection.
+        target_ids: [N, L] token ids.
+        temperature: Logits are divided by it (the sampling temperature).
+        chunk_size: Token rows per chunk (> 0).
+
+    Returns:
+        [N, L] float32 (or wider) log-probs of the targets.
+    """
+    if chunk_size <= 0:
+        raise ValueError(f"chunk_size must be > 0, got {chunk_size}")
+    if hidden.shape[:-1] != target_ids.shape:
+        raise ValueError(f"hidden {tuple(hidden.shape)} and target_ids {tuple(target_ids.shape)} disagree")
+    rows = hidden.reshape(-1, hidden.shape[-1])  # [N*L, H]
+    targets = target_ids.reshape(-1)  # [N*L]
+    if rows.shape[0] == 0:  # no token rows at all
+        return torch.zeros(target_ids.shape, dtype=torch.float32, device=hidden.device)
+    chunks = -(-rows.shape[0] // chunk_size)  # near-equal chunks: no thin tail chunk
+    out = [
+        token_logprobs(h @ lm_head_weight.T, y, temperature)  # [C, H] @ [H, V] -> [C, V] -> [C]
+        for h, y in zip(torch.tensor_split(rows, chunks), torch.tensor_split(targets, chunks))
+    ]
+    return torch.cat(out).reshape(target_ids.shape)  # [N, L]
 
 
 def naive_grpo_loss(

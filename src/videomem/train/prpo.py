@@ -26,7 +26,7 @@ from torch import nn
 
 from videomem.data.types import VideoQA
 from videomem.memory.loop import GenerationConfig
-from videomem.rl.loss import fused_grpo_loss, naive_grpo_loss, token_logprobs
+from videomem.rl.loss import chunked_token_logprobs, fused_grpo_loss, naive_grpo_loss, token_logprobs
 from videomem.rl.rollout import RewardConfig, RolloutConfig, RolloutSample, prpo_rollout
 from videomem.train.parallel import gathered_for_generation, maybe_shard
 from videomem.train.validation import LoopValidation
@@ -195,9 +195,8 @@ class PRPOModule(LightningModule):
         ref = None
         if self.kl_coef:
             with torch.no_grad():
-                ref_logits = ref_hidden() @ self.ref_policy.lm_head_weight.T
-                ref = torch.log_softmax(ref_logits.float() / self.rollout_cfg.temperature, -1)
-                ref = ref.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # [B, L-1]
+                w, t = self.ref_policy.lm_head_weight, self.rollout_cfg.temperature
+                ref = chunked_token_logprobs(ref_hidden(), w, targets, t)  # [B, L-1], no [B, L, V] fp32
         stats_extra = {}
         if keep_logprobs:
             with torch.no_grad():  # row by row: no [B, L, V] logits for the whole micro-batch
