@@ -1,17 +1,20 @@
 """``videomem export CKPT OUT_DIR``: turn any training checkpoint into a transformers checkpoint dir.
 
-The output (weights as safetensors, ``config.json``, tokenizer with its chat template,
-``videomem_policy.json``) loads with ``Qwen3VLForConditionalGeneration.from_pretrained`` /
-``Qwen2_5_VLForConditionalGeneration.from_pretrained``, ``Policy.from_pretrained`` and
-``videomem answer --checkpoint``. CKPT may be:
+The output (weights as safetensors, ``config.json``, tokenizer with its chat template, the
+transformers processor files ``preprocessor_config.json`` / ``video_preprocessor_config.json``, and
+``videomem_policy.json`` with the frame geometry the policy was trained with) loads with
+``Qwen3VLForConditionalGeneration.from_pretrained`` / ``Qwen2_5_VLForConditionalGeneration.from_pretrained``,
+``Policy.from_pretrained``, ``videomem answer --checkpoint`` and the transformers image processor
+(``AutoProcessor`` / serving engines where torchvision imports). CKPT may be:
 
 - a saved policy dir (``Policy.save_pretrained``, e.g. ``logs/sft/latest``) or a real Qwen-VL dir:
   loaded and written again (``--dtype`` converts it);
 - a Lightning ``.ckpt`` file of a run (DDP / single device, or FSDP with full state dicts): the run's
   ``.hydra/config.yaml`` is found in a parent directory (``<run>/checkpoints/last.ckpt`` ->
   ``<run>/.hydra/config.yaml``), the policy is rebuilt with the configured factory (``cfg.model``:
-  for a real model its base checkpoint must be readable here, for the tiny one nothing is needed) and
-  the ``policy.``-prefixed entries of ``state_dict`` are loaded into it, strictly;
+  for a real model its base checkpoint must be readable here, for the tiny one nothing is needed), its
+  frame geometry taken from the run's ``cfg.data``, and the ``policy.``-prefixed entries of
+  ``state_dict`` are loaded into it, strictly;
 - a sharded checkpoint directory (``torch.distributed.checkpoint``: Lightning's FSDPStrategy with
   ``state_dict_type: sharded`` stores the model under ``model``, ModelParallelStrategy under
   ``state_dict``): the policy is rebuilt the same way and ``dcp.load`` fills its tensors in place,
@@ -28,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from videomem.model.checkpoint import FrameGeometry
 from videomem.model.policy import Policy
 
 HYDRA_CONFIG = Path(".hydra") / "config.yaml"
@@ -46,13 +50,15 @@ def find_run_config(ckpt: Path) -> Path:
 
 
 def policy_from_run(ckpt: Path) -> Policy:
-    """Rebuild the run's policy (architecture, tokenizer) from its Hydra config, Liger off."""
+    """Rebuild the run's policy (architecture, tokenizer, frame geometry) from its Hydra config, no Liger."""
     import hydra
     from omegaconf import OmegaConf
 
     cfg = OmegaConf.load(find_run_config(ckpt))
     factory = hydra.utils.instantiate(cfg.model)
-    return factory(liger_kernels=False)
+    policy = factory(liger_kernels=False)
+    policy.geometry = FrameGeometry.from_data(cfg.get("data")) or policy.geometry
+    return policy
 
 
 def _policy_entries(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
