@@ -19,6 +19,7 @@ from transformers import Qwen3VLForConditionalGeneration
 from videomem.cli import main as cli_main
 from videomem.export import export
 from videomem.memory.loop import step_messages
+from videomem.model.checkpoint import FrameGeometry, saved_geometry
 from videomem.model.policy import Policy, build_policy
 from videomem.train.runner import train
 
@@ -71,6 +72,9 @@ def test_lightning_ckpt_of_a_tiny_sft_run(compose_cfg, shards, tmp_path) -> None
     assert exported.arch == "qwen3_vl" and exported.tokenizer.chat_template == saved.tokenizer.chat_template
     assert same_logits(exported, saved, some_question(shards))
     assert isinstance(Qwen3VLForConditionalGeneration.from_pretrained(out), Qwen3VLForConditionalGeneration)
+    # the run's data config is the geometry the policy was trained with; the processor files go along
+    assert saved_geometry(out) == FrameGeometry(*cfg.data.frame_size, cfg.data.frames_per_clip)
+    assert (out / "preprocessor_config.json").is_file() and (out / "video_preprocessor_config.json").is_file()
 
 
 def test_sharded_dir_with_fsdp1_layout(compose_cfg, shards, tmp_path) -> None:
@@ -107,9 +111,10 @@ def test_sharded_dir_with_fsdp1_layout(compose_cfg, shards, tmp_path) -> None:
 
 def test_policy_dir_and_dtype(tmp_path) -> None:
     policy = build_policy("qwen2_5_vl", liger_kernels=False)
-    policy.save_pretrained(tmp_path / "src")
+    policy.save_pretrained(tmp_path / "src", geometry=FrameGeometry(56, 56, 8, clips=4))
     out = export(tmp_path / "src", tmp_path / "out", dtype="bfloat16")
     loaded = Policy.from_pretrained(out)
+    assert loaded.geometry == FrameGeometry(56, 56, 8, clips=4)  # a saved dir's geometry is kept
     assert next(loaded.parameters()).dtype == torch.bfloat16
     a, b = loaded.state_dict(), policy.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k].bfloat16()) for k in a)

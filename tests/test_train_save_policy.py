@@ -16,7 +16,7 @@ class FakePolicy(torch.nn.Module):
         super().__init__()
         self.step = 0
 
-    def save_pretrained(self, path: Path, state_dict=None) -> None:
+    def save_pretrained(self, path: Path, state_dict=None, *, geometry=None) -> None:  # as Policy's
         path.mkdir(parents=True, exist_ok=True)
         (path / "step").write_text(str(self.step))
 
