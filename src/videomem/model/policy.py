@@ -66,6 +66,7 @@ class Policy(nn.Module):
         patch_multiple: ``patch_size * merge_size``: frame H and W must be multiples of it.
         liger_kernels: Liger's kernels are on (set by ``build_policy``): SFT then uses Liger's fused
             linear cross-entropy on ``hidden_states`` (``videomem.model.liger``).
+        geometry: The ``FrameGeometry`` it was trained with (saved and loaded with it; None: unknown).
     """
 
     def __init__(
