@@ -21,7 +21,8 @@ import pytest
 import torch
 
 from videomem.data.types import VideoQA
-from videomem.rl.rollout import RewardConfig, RolloutConfig, prpo_rollout
+from videomem.rl.rewards import RewardConfig
+from videomem.rl.rollout import RolloutConfig, prpo_rollout
 
 
 @dataclasses.dataclass
@@ -160,6 +161,7 @@ def test_rollout_is_bitwise_the_recorded_one(case: str) -> None:
 
 def test_the_digest_sees_a_changed_advantage_and_a_changed_draw(monkeypatch) -> None:
     """The digest can fail: one more draw, or an advantage off by one ulp, changes it."""
+    import videomem.rl.advantages as advantages_module
     import videomem.rl.rollout as rollout_module
 
     base = rollout_digest(*CASES["default"])
@@ -172,6 +174,6 @@ def test_the_digest_sees_a_changed_advantage_and_a_changed_draw(monkeypatch) -> 
     monkeypatch.setattr(rollout_module, "psp_select", extra_draw)
     assert rollout_digest(*CASES["default"]) != base
     monkeypatch.setattr(rollout_module, "psp_select", select)
-    real = rollout_module.group_advantages
-    monkeypatch.setattr(rollout_module, "group_advantages", lambda *a, **k: _one_ulp_up(real(*a, **k)))
+    real = advantages_module.group_advantages
+    monkeypatch.setattr(advantages_module, "group_advantages", lambda *a, **k: _one_ulp_up(real(*a, **k)))
     assert rollout_digest(*CASES["default"]) != base
