@@ -145,7 +145,7 @@ def prpo_rollout(
         if reward.answer_target == "continuation" and reward.tcr:
             scored = _continuation_answers(policy, qas, t, prompts, outputs, cfg, continued)
         for i, step in _per_example(policy, qas, prompts, outputs):
-            _score(step, qas[i], i, t, reward, scored)
+            step.totals, step.terms = _score(step, qas[i], i, t, reward, scored)
             step.advantages = step_advantages(
                 step.totals, [f.node_id for f in step.parents], psp=cfg.psp, scale=reward.scale_advantages
             )
@@ -175,16 +175,14 @@ def _per_example(policy, qas: list[VideoQA], prompts, outputs) -> Iterator[tuple
         rows = [(f, outs) for (j, f), outs in zip(prompts, outputs) if j == i]
         texts = [o for _, outs in rows for o, _ in outs]
         parsed = [parse_output(o, len(qas[i].options)) for o in texts]
-        yield (
-            i,
-            _Step(
-                parents=[f for f, outs in rows for _ in outs],
-                texts=texts,
-                token_ids=[ids for _, outs in rows for _, ids in outs],
-                parsed=parsed,
-                memory_tokens=[policy.count_tokens(p.memory) if p.memory is not None else 0 for p in parsed],
-            ),
+        step = _Step(
+            parents=[f for f, outs in rows for _ in outs],
+            texts=texts,
+            token_ids=[ids for _, outs in rows for _, ids in outs],
+            parsed=parsed,
+            memory_tokens=[policy.count_tokens(p.memory) if p.memory is not None else 0 for p in parsed],
         )
+        yield i, step
 
 
 def _score(
@@ -194,8 +192,8 @@ def _score(
     t: int,
     reward: RewardConfig,
     scored: dict[tuple[int, str], str | None] | None,
-) -> None:
-    """TCR rewards of one example's outputs at clip t (Eq. 1), into ``step.totals`` / ``step.terms``.
+) -> tuple[list[float], dict[str, list[float]]]:
+    """TCR rewards of example ``i``'s outputs at clip t (Eq. 1): ``(totals, raw terms)``.
 
     ``scored``: the continuations' last outputs (``answer_target=continuation``), else None.
     """
@@ -205,7 +203,7 @@ def _score(
             scored[(i, p.memory if p.memory is not None else f.memory)]
             for p, f in zip(step.parsed, step.parents)
         ]
-    step.totals, step.terms = compute_rewards(
+    return compute_rewards(
         step.texts,
         [qa.answer] * len(step.texts),
         weights=reward.weights(),
@@ -228,7 +226,8 @@ def _record(
 
     Siblings share one messages object (their common prompt).
     """
-    messages_of = {id(f): step_messages(qa, t, f.memory, policy.system_prompt) for f in step.parents}
+    prompts = {id(f): f for f in step.parents}
+    messages_of = {key: step_messages(qa, t, f.memory, policy.system_prompt) for key, f in prompts.items()}
     nodes = []
     for k, (text, p, f) in enumerate(zip(step.texts, step.parsed, step.parents)):
         node = tree.add(
