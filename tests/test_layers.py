@@ -91,6 +91,11 @@ def imported_modules(path: Path, package: Path = PACKAGE) -> list[tuple[int, str
     return [(line, name) for line, name in found if name == ROOT or name.startswith(ROOT + ".")]
 
 
+def module_name_of(file: str) -> str:
+    """``rl/loss.py`` (relative to the package) -> ``videomem.rl.loss``."""
+    return module_name(PACKAGE / file)
+
+
 def back_imports(edges: Iterable[tuple[str, int, str]]) -> list[str]:
     """Messages for every (file, line, imported module) edge that runs up the layers or has no layer."""
     errors = []
@@ -104,11 +109,6 @@ def back_imports(edges: Iterable[tuple[str, int, str]]) -> list[str]:
         if src in LAYERS and dst in LAYERS and LAYERS[dst] > LAYERS[src]:
             errors.append(f"{file}:{line}: imports {target} ({dst}), a layer above {src}")
     return errors
-
-
-def module_name_of(file: str) -> str:
-    """``rl/loss.py`` (relative to the package) -> ``videomem.rl.loss``."""
-    return module_name(PACKAGE / file)
 
 
 def project_edges(package: Path = PACKAGE) -> list[tuple[str, int, str]]:
