@@ -6,7 +6,10 @@ import math
 
 import pytest
 
-from videomem.eval.metrics import MemoryQAMetrics
+from videomem.data.types import VideoQA
+from videomem.eval.evaluate import result_text
+from videomem.eval.metrics import MemoryQAMetrics, flatten_metrics, update_metrics
+from videomem.memory.loop import LoopResult, advance
 
 # Three questions, T = 3 clips.
 #   q1 gold A: a = B, A, A        cats x, z   format T T T   memory 10 20 30
@@ -136,3 +139,56 @@ def test_memory_match_against_teacher_memories_worked_numbers():
     # clip 1: both match; clip 2: both ("red:  2" matches after whitespace normalisation); clip 3: neither
     assert out["memory_match"] == pytest.approx([1.0, 1.0, 0.0])
     assert out["n"] == 4
+
+
+class _Counter:
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
+
+
+def _loop_result(qid: str, gold: str, categories: list[str], outputs: list[str]) -> LoopResult:
+    qa = VideoQA("v", qid, "How many?", ["1", "2", "3", "4"], gold, categories[0], [], None)
+    qa.categories = categories
+    result, memory = LoopResult(qa), ""
+    for text in outputs:
+        result.steps.append(advance(_Counter(), memory, text, 4))
+        memory = result.steps[-1].memory_out
+    return result
+
+
+def _out(memory: str, answer: str) -> str:
+    return f"<memory>{memory}</memory><answer>{answer}</answer>"
+
+
+def test_update_metrics_from_loop_results_gives_the_worked_numbers():
+    """The three worked questions as memory-loop results (memory lengths in words)."""
+    q1 = _loop_result(
+        "q1", "A", ["x", "z"], [_out("a " * 10, "B"), _out("a " * 20, "A"), _out("a " * 30, "A")]
+    )
+    q2 = _loop_result("q2", "C", ["x", "y"], [_out("b " * 5, "C"), _out("b " * 5, "C"), "<answer>?</answer>"])
+    q3 = _loop_result("q3", "B", ["y"], ["no tags", _out("c " * 12, "B"), _out("c " * 18, "B")])
+    metrics = MemoryQAMetrics(num_clips=3)
+    update_metrics(metrics, [q1, q2])
+    update_metrics(metrics, [q3])
+    _check_worked_numbers(metrics.compute())
+
+
+def test_flatten_metrics_names_clips_and_categories():
+    values = {"accuracy": 0.5, "seg_accuracy": [0.25, 0.5], "per_category": {"count": 1.0}, "n": 3}
+    assert flatten_metrics(values, "val") == {
+        "val/accuracy": 0.5,
+        "val/seg_accuracy/clip_1": 0.25,
+        "val/seg_accuracy/clip_2": 0.5,
+        "val/per_category/count": 1.0,
+        "val/n": 3.0,
+    }
+
+
+def test_result_text_shows_each_clip_answer_and_memory():
+    text = result_text(_loop_result("q1", "A", ["x"], [_out("one", "B"), "broken"]))
+    assert text.splitlines() == [
+        "**v / q1** (x) How many? gold=A",
+        "",
+        "- clip 1: answer=B format_ok=True memory: `one`",
+        "- clip 2: answer=None format_ok=False memory: `one`",
+    ]

@@ -13,6 +13,7 @@ from videomem.rl.advantages import (
     group_ids_from_keys,
     psp_select,
     psp_temperature,
+    step_advantages,
 )
 
 
@@ -135,31 +136,32 @@ def _tree() -> RolloutTree:
     return tree
 
 
-def test_rollout_tree_structure_groups_and_advantages():
+def test_rollout_tree_structure():
     tree = _tree()
     assert [n.node_id for n in tree.children(0)] == [2, 3]
     assert tree.children(1) == []
     assert [n.node_id for n in tree.roots(0)] == [0, 1]
-    assert tree.group_ids(psp=True).tolist() == [0, 0, 1, 1]
-    adv = tree.assign_advantages()
-    assert torch.allclose(adv, torch.tensor([1.0, -1.0, 0.0, 0.0], dtype=torch.float64), atol=1e-5)
-    assert tree.nodes[0].advantage == pytest.approx(1.0, abs=1e-5)
     with pytest.raises(ValueError):
         tree.add(parent_id=99, example_index=0, clip_index=1, memory_in="", output="", memory_out=None)
 
 
-def test_chains_group_by_example_and_clip_across_parents():
-    """psp=false: G=2 chains, the clip-1 nodes have different parents but share a group."""
-    tree = RolloutTree()
-    for chain in range(2):
-        tree.add(
-            parent_id=None, example_index=0, clip_index=0, memory_in="", output=f"c{chain}", memory_out="m"
-        )
-    tree.add(parent_id=0, example_index=0, clip_index=1, memory_in="m", output="x", memory_out="m")
-    tree.add(parent_id=1, example_index=0, clip_index=1, memory_in="m", output="y", memory_out="m")
-    tree.add(parent_id=None, example_index=1, clip_index=0, memory_in="", output="z", memory_out="m")
-    assert tree.group_ids(psp=False).tolist() == [0, 0, 1, 1, 2]
-    assert tree.group_ids(psp=True).tolist() == [0, 0, 1, 2, 3]
+def test_step_advantages_group_siblings_of_one_parent_with_psp():
+    """K=2 carried memories: two parents, two sibling groups of G=2."""
+    adv = step_advantages([2.0, 0.0, 1.0, 1.0], [4, 4, 7, 7], psp=True)
+    assert adv == pytest.approx([1.0, -1.0, 0.0, 0.0], abs=1e-5)
+    first = step_advantages([2.0, 0.0], [None, None])  # the first clip: one prompt, one group
+    assert first == pytest.approx([1.0, -1.0], abs=1e-5)
+
+
+def test_step_advantages_group_the_whole_clip_across_chains_without_psp():
+    """psp=false: the G=4 chains have different parents but form one group."""
+    rewards, parents = [2.0, 0.0, 1.0, 1.0], [4, 5, 6, 7]
+    assert step_advantages(rewards, parents, psp=False) == pytest.approx(
+        [math.sqrt(2), -math.sqrt(2), 0.0, 0.0], abs=1e-5
+    )
+    assert step_advantages(rewards, parents, psp=True) == [0.0] * 4  # groups of one: no signal
+    unscaled = step_advantages(rewards, parents, psp=False, scale=False)
+    assert unscaled == pytest.approx([1.0, -1.0, 0.0, 0.0])
 
 
 def test_rollout_tree_text_and_dict():

@@ -158,6 +158,7 @@ def test_liger_normaliser_ignores_world_size(monkeypatch):
     expected, _ = naive_grpo_loss(h, w, ids, mask, adv, num_tokens=20.0)
     monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
     monkeypatch.setattr(torch.distributed, "get_world_size", lambda group=None: 2)
+    monkeypatch.setattr(torch.distributed, "get_rank", lambda group=None: 0)
     got, _ = fused_grpo_loss(h, w, ids, mask, adv, num_tokens=20.0)
     assert got.item() == pytest.approx(expected.item(), abs=1e-6)
 

@@ -5,10 +5,13 @@ from __future__ import annotations
 import pytest
 
 from videomem.rl.rewards import (
+    DEFAULT_MAX_MEMORY_TOKENS,
     DEFAULT_WEIGHTS,
     REWARD_FUNCS,
+    RewardConfig,
     answer_reward,
     answer_weight,
+    answerable,
     compute_rewards,
     format_reward,
     memory_length_penalty,
@@ -145,7 +148,6 @@ def test_an_unanswerable_step_drops_only_the_answer_term():
 
 def test_oracle_answer_gate_opens_once_the_clips_so_far_determine_the_answer():
     from tests.test_memory_loop import make_qa
-    from videomem.rl.rollout import RewardConfig, answerable
 
     qa = make_qa(0, 4)
     qa.memories = [
@@ -167,3 +169,14 @@ def test_oracle_answer_gate_opens_once_the_clips_so_far_determine_the_answer():
     assert all(answerable(qa, t, "oracle") for t in range(4))
     with pytest.raises(ValueError, match="answer_gate"):
         RewardConfig(answer_gate="sometimes")
+
+
+def test_reward_config_defaults_are_the_default_weights():
+    cfg = RewardConfig()
+    assert cfg.weights() == DEFAULT_WEIGHTS and cfg.max_memory_tokens == DEFAULT_MAX_MEMORY_TOKENS
+    assert RewardConfig(beta=0.5, memory_penalty=False).weights()["memory_length"] == 0.0
+    assert RewardConfig(alpha=2.0, format_weight=0.5).weights() == {
+        "answer": 2.0,
+        "format": 0.5,
+        "memory_length": DEFAULT_WEIGHTS["memory_length"],
+    }

@@ -15,7 +15,8 @@ import torch
 
 import videomem.rl.rollout as rollout_module
 from tests.test_memory_loop import make_qa, pixel_qa
-from videomem.rl.rollout import RewardConfig, RolloutConfig, prpo_rollout
+from videomem.rl.rewards import RewardConfig
+from videomem.rl.rollout import RolloutConfig, prpo_rollout
 
 
 def out(memory: str, answer: str) -> str:

@@ -19,10 +19,10 @@ from videomem import CONFIG_DIR
 from videomem.data.shards import expand_shards, iter_shard_videoqa
 from videomem.eval.benchmarks import BENCHMARKS
 from videomem.eval.evaluate import evaluate
+from videomem.eval.metrics import flatten_metrics
 from videomem.memory.loop import GenerationConfig
 from videomem.memory.prompt import SYSTEM_PROMPT
 from videomem.model.policy import Policy
-from videomem.train.validation import flatten_metrics
 
 log = logging.getLogger(__name__)
 

@@ -33,10 +33,10 @@ import tarfile
 from collections.abc import Iterator
 
 import lightning as L
-import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from videomem.data.distributed import rank_and_world
 from videomem.data.shards import (
     ShardFormatError,
     VideoQADecoder,
@@ -66,15 +66,6 @@ def count_questions(urls: list[str]) -> int:
                 if member.name.endswith(".json"):
                     total += len(json.load(tar.extractfile(member))["questions"])
     return total
-
-
-def rank_and_world(trainer: L.Trainer | None = None) -> tuple[int, int]:
-    """(rank, world size) from the Trainer, else torch.distributed, else the RANK / WORLD_SIZE variables."""
-    if trainer is not None:
-        return trainer.global_rank, trainer.world_size
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
 def _worker() -> tuple[int, int]:

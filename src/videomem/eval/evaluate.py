@@ -3,6 +3,8 @@
 Writes the figures of ``MemoryQAMetrics`` (accuracy of a_T, Seg1-N accuracy, per-category accuracy,
 parse-failure and format-valid rates, memory length) plus every question's record, and records the
 settings that decide whether two numbers can be compared (frames per clip, frame size, prompt).
+``record`` and ``result_text`` render one question's loop as JSON and as Markdown (the latter is what
+training's validation sends to TensorBoard).
 """
 
 from __future__ import annotations
@@ -13,9 +15,8 @@ from collections.abc import Iterable, Iterator
 from tqdm.auto import tqdm
 
 from videomem.data.types import VideoQA
-from videomem.eval.metrics import MemoryQAMetrics
+from videomem.eval.metrics import MemoryQAMetrics, update_metrics
 from videomem.memory.loop import GenerationConfig, LoopResult, run_memory_loop
-from videomem.train.validation import update_metrics
 
 
 def batched(items: Iterable[VideoQA], size: int) -> Iterator[list[VideoQA]]:
@@ -42,6 +43,17 @@ def record(result: LoopResult) -> dict:
         "last_output": result.steps[-1].output if result.steps else "",
         **{k: v for k, v in qa.meta.items() if isinstance(v, str | int | float | bool)},
     }
+
+
+def result_text(result: LoopResult) -> str:
+    """A question's memory chain as Markdown, for TensorBoard."""
+    qa = result.qa
+    lines = [f"**{qa.video_id} / {qa.qid}** ({qa.category}) {qa.question} gold={qa.answer}", ""]
+    for t, s in enumerate(result.steps):
+        lines.append(
+            f"- clip {t + 1}: answer={s.parsed.answer} format_ok={s.parsed.format_ok} memory: `{s.memory_out}`"
+        )
+    return "\n".join(lines)
 
 
 def evaluate(

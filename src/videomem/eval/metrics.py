@@ -16,6 +16,9 @@ a_T. ``MemoryQAMetrics`` accumulates, with sum states that torchmetrics all-redu
 An unparsable answer is wrong, never replaced by a random option; a question without a gold letter
 (MLVU's unanswerable items) is always wrong. Benchmark-specific official aggregates (per duration, MLVU's
 macro average, ...) are not computed here: see ``videomem.eval.benchmarks``.
+
+``update_metrics`` feeds it the loop's ``LoopResult``s and ``flatten_metrics`` turns its figures into
+the namespaced scalars that TensorBoard logs; evaluation and training's validation both use them.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from collections.abc import Sequence
 import torch
 import torch.distributed as dist
 from torchmetrics import Metric
+
+from videomem.memory.loop import LoopResult
 
 
 def _rate(num: torch.Tensor, den: torch.Tensor) -> float:
@@ -211,3 +216,29 @@ class MemoryQAMetrics(Metric):
                 counts = self._dynamic.setdefault(c, [0, 0])
                 counts[0] += k
                 counts[1] += n
+
+
+def update_metrics(metrics: MemoryQAMetrics, results: list[LoopResult]) -> None:
+    """Feed a batch of loop results to the metric accumulator."""
+    metrics.update(
+        [r.answers for r in results],
+        [r.qa.answer for r in results],
+        [r.qa.categories or [r.qa.category] for r in results],
+        [[s.parsed.format_ok for s in r.steps] for r in results],
+        [[s.memory_tokens for s in r.steps] for r in results],
+        memories=[[s.memory_out for s in r.steps] for r in results],
+        teacher_memories=[r.qa.memories for r in results],
+    )
+
+
+def flatten_metrics(values: dict, prefix: str) -> dict[str, float]:
+    """``{"accuracy": .7, "seg_accuracy": [..], "per_category": {..}}`` -> flat scalar names."""
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update({f"{prefix}/{key}/{k}": float(v) for k, v in value.items()})
+        elif isinstance(value, list | tuple):
+            flat.update({f"{prefix}/{key}/clip_{i + 1}": float(v) for i, v in enumerate(value)})
+        else:
+            flat[f"{prefix}/{key}"] = float(value)
+    return flat

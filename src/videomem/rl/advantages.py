@@ -1,10 +1,11 @@
 """Group advantages and Progressive State Propagation (PSP, method.md section 3, Eqs. 2-3).
 
-- ``group_advantages``: A_i = (R_i - mean_g(R)) / (std_g(R) + eps) within each group g (step 3).
+- ``group_advantages``: A_i = (R_i - mean_g(R)) / (std_g(R) + eps) within each group g (step 3);
+  ``step_advantages`` applies it to one example's outputs at one clip with PRPO's grouping.
 - ``psp_temperature`` / ``psp_select``: which memories are carried to the next clip,
   p_j = softmax(A_j / tau_t) over format-valid samples, tau_t = tau_0 * gamma^t (step 4).
-- ``RolloutNode`` / ``RolloutTree``: the rollout as a typed tree (node and parent ids), for grouping,
-  logging and inspection. With K = 1 kept memory per clip it is the paper's single carried state;
+- ``RolloutNode`` / ``RolloutTree``: the rollout as a typed tree (node and parent ids), for logging
+  and inspection. With K = 1 kept memory per clip it is the paper's single carried state;
   K > 1 is the project's tree extension; ``psp=false`` is G independent chains stored in the same tree.
 
 Grouping: with PSP a group is (example, clip, parent) -- the G siblings sampled from one prompt;
@@ -60,6 +61,28 @@ def group_ids_from_keys(keys: Sequence[Hashable]) -> Tensor:
     """[N] long group ids, numbered in order of first appearance of each distinct key."""
     index: dict[Hashable, int] = {}
     return torch.tensor([index.setdefault(key, len(index)) for key in keys], dtype=torch.long)
+
+
+def step_advantages(
+    rewards: Sequence[float], parent_ids: Sequence[int | None], *, psp: bool = True, scale: bool = True
+) -> list[float]:
+    """Advantages of one example's outputs at one clip step, grouped as PRPO groups them.
+
+    With PSP a group is the siblings of one parent node (the G samples of one prompt); without PSP
+    (independent chains) it is every output of the clip, whatever chain it continues.
+
+    Args:
+        rewards: [N] TCR totals of the step's outputs.
+        parent_ids: [N] the node each output's prompt carried the memory of (None at the first clip).
+        psp: Group by parent (PSP) or over the whole clip (chains).
+        scale: As in ``group_advantages``.
+
+    Returns:
+        [N] advantages as floats.
+    """
+    keys = list(parent_ids) if psp else [0] * len(parent_ids)
+    totals = torch.tensor(list(rewards), dtype=torch.float64)  # [N]
+    return group_advantages(totals, group_ids_from_keys(keys), scale=scale).tolist()
 
 
 def psp_temperature(
@@ -185,24 +208,6 @@ class RolloutTree:
     def roots(self, example_index: int | None = None) -> list[RolloutNode]:
         """First-clip nodes (no parent), optionally of one example."""
         return [n for n in self.nodes if n.parent_id is None and example_index in (None, n.example_index)]
-
-    def group_keys(self, psp: bool = True) -> list[tuple]:
-        """Per node: (example, clip, parent) with PSP; (example, clip) across chains without."""
-        if psp:
-            return [(n.example_index, n.clip_index, n.parent_id) for n in self.nodes]
-        return [(n.example_index, n.clip_index) for n in self.nodes]
-
-    def group_ids(self, psp: bool = True) -> Tensor:
-        """[N] long group ids in node order (see ``group_keys``)."""
-        return group_ids_from_keys(self.group_keys(psp))
-
-    def assign_advantages(self, psp: bool = True, eps: float = 1e-6) -> Tensor:
-        """Compute group advantages from the nodes' rewards, store them on the nodes, return [N]."""
-        rewards = torch.tensor([n.reward for n in self.nodes], dtype=torch.float64)  # [N]
-        advantages = group_advantages(rewards, self.group_ids(psp), eps)  # [N]
-        for node, a in zip(self.nodes, advantages.tolist()):
-            node.advantage = a
-        return advantages
 
     def to_dict(self) -> dict:
         """JSON-serialisable form: ``{"nodes": [node fields...]}``."""

@@ -26,8 +26,9 @@ time: the frozen reference policy's log-probs of the KL anchor, without [N, L, V
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 from torch import Tensor
+
+from videomem.data.distributed import rank_and_world
 
 Stats = dict[str, Tensor]
 
@@ -203,10 +204,6 @@ def naive_grpo_loss(
     )
 
 
-def _world_size() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
 def fused_grpo_loss(
     hidden: Tensor,
     lm_head_weight: Tensor,
@@ -275,7 +272,7 @@ def fused_grpo_loss(
         ref_per_token_logps=ref_logprobs if use_ref else None,
         old_per_token_logps=old_logprobs,
         num_items_in_batch=torch.as_tensor(num_tokens, dtype=torch.float32, device=hidden.device)
-        * _world_size(),
+        * rank_and_world()[1],
     )
     # Liger's metrics: [kl] if beta != 0, then the clip fraction (low-with-A<0 | high-with-A>0).
     stats: Stats = {"clip_fraction": metrics[-1].detach()}

@@ -2,7 +2,8 @@
 
     R_i = alpha_t * 1[answer_i == a] + w_fmt * 1[format_i ok] - beta * max(0, len_tokens(memory_i) - L_max)
 
-Every reward term is a plain function ``(completions, answers, **columns) -> list[float]`` (the TRL /
+``RewardConfig`` holds the TCR settings of a PRPO run (its defaults are ``DEFAULT_WEIGHTS``) and
+``answerable`` its optional answer gate. Every reward term is a plain function ``(completions, answers, **columns) -> list[float]`` (the TRL /
 open-r1 convention), mapped from its config name through the one dict ``REWARD_FUNCS``. Penalty terms
 return POSITIVE values and are subtracted (``PENALTY_TERMS``), so logged components read naturally.
 Columns are per-completion lists (``memory_tokens``) or scalars that apply to all (``num_options``,
@@ -17,8 +18,10 @@ paper's notation).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+from videomem.data.types import VideoQA
 from videomem.memory.prompt import parse_output
 
 RewardFunc = Callable[..., list[float]]
@@ -171,3 +174,55 @@ def compute_rewards(
             sign = -1.0 if name in PENALTY_TERMS else 1.0
             totals = [total + sign * w * v for total, v in zip(totals, values)]
     return totals, components
+
+
+@dataclass
+class RewardConfig:
+    """TCR (Eq. 1): R = alpha_t * answer + w_format * format - beta * max(0, mem_tokens - L_max)."""
+
+    alpha: float = DEFAULT_WEIGHTS["answer"]
+    format_weight: float = DEFAULT_WEIGHTS["format"]
+    beta: float = DEFAULT_WEIGHTS["memory_length"]
+    max_memory_tokens: int = DEFAULT_MAX_MEMORY_TOKENS  # L_max
+    tcr: bool = True  # False: terminal reward only
+    memory_penalty: bool = True  # False: beta = 0 ("w/o MP")
+    answer_weight_schedule: str = "constant"  # or "linear" (alpha * t / T)
+    scale_advantages: bool = True  # z-score within the group (paper); False: mean-centred (Dr. GRPO)
+    # "none" (paper): the answer term at every clip. "oracle" (beyond the paper; needs oracle memories,
+    # as synthetic shards have): only at clips whose oracle memory already equals the last one, i.e.
+    # where the evidence so far determines the gold answer; elsewhere the paper pays guesses at an
+    # answer the clips seen so far cannot give (README, "What limits PRPO here").
+    answer_gate: str = "none"
+    # Whose <answer> the answer term scores at a clip before the last. "provisional" (paper): the
+    # sample's own a_t against the final gold. "continuation" (beyond the paper): the final a_T of the
+    # loop continued greedily from the sample's memory M_t to the last clip, so a memory is paid for
+    # the answer it leads to rather than for an early guess (README, "Scoring the memory").
+    answer_target: str = "provisional"
+
+    def __post_init__(self) -> None:
+        if self.answer_gate not in ("none", "oracle"):
+            raise ValueError(f"answer_gate must be 'none' or 'oracle', got {self.answer_gate!r}")
+        if self.answer_target not in ("provisional", "continuation"):
+            raise ValueError(
+                f"answer_target must be 'provisional' or 'continuation', got {self.answer_target!r}"
+            )
+
+    def weights(self) -> dict[str, float]:
+        """The ``weights`` argument of ``compute_rewards`` (``memory_penalty=False`` -> beta = 0)."""
+        return {
+            "answer": self.alpha,
+            "format": self.format_weight,
+            "memory_length": self.beta if self.memory_penalty else 0.0,
+        }
+
+
+def answerable(qa: VideoQA, clip_index: int, gate: str = "none") -> bool:
+    """Whether the answer reward applies at ``clip_index`` (``RewardConfig.answer_gate``).
+
+    ``none``: always (the paper). ``oracle``: when the question's oracle memory at this clip equals
+    its last one (the clips so far already determine the answer: the counted objects have all
+    appeared, the asked object has been seen); always when the shard has no oracle memories.
+    """
+    if gate == "none" or not qa.memories:
+        return True
+    return qa.memories[clip_index] == qa.memories[-1]

@@ -1,12 +1,17 @@
 """PRPO rollouts: G samples per clip from one shared prefix, TCR rewards, PSP carried memories.
 
-Per training example and clip t (method.md section 3):
-  1. every kept memory (a *frontier* node) makes one prompt; ``generate_step`` prefills it once
-     and samples G outputs from the shared KV cache;
-  2. each output gets its TCR reward (``rewards.compute_rewards``) and its advantage within its
-     group (example, clip, parent);
-  3. PSP keeps K memories for the next clip, drawn by softmax(A / tau_t) over format-valid outputs
-     (K = 1 is the paper's single carried state); none valid -> the parents' memories go on.
+Per clip t, ``prpo_rollout`` runs these steps (method.md section 3), one function each:
+  1. ``_sample``: every kept memory (a *frontier* node) makes one prompt; ``generate_step``
+     prefills it once and samples G outputs from the shared KV cache;
+  2. ``_continuation_answers`` (only with ``answer_target=continuation``): the greedy loop
+     continued from each distinct written memory, whose last answer the answer term then scores;
+  3. per example, ``_per_example`` parses the outputs, ``_score`` gives each its TCR reward
+     (``rewards.compute_rewards``) and ``advantages.step_advantages`` its advantage within its group
+     (the siblings of one parent);
+  4. ``_record`` adds them to the tree and to the update samples;
+  5. ``_next_frontier``: PSP keeps K memories for the next clip, drawn by softmax(A / tau_t) over
+     format-valid outputs (K = 1 is the paper's single carried state); none valid -> the parents'
+     memories go on.
 With ``psp=False`` (the paper's "GRPO" ablation) each example runs G independent chains, one sample
 per chain per clip, each carrying its own memory; the group of clip t is the G chains.
 
@@ -16,21 +21,16 @@ The engine (``videomem.memory.loop``) knows nothing of this; this module never t
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
 
 from videomem.data.types import VideoQA
 from videomem.memory.loop import GenerationConfig, generate_step, run_memory_loop, step_messages
-from videomem.memory.prompt import parse_output
-from videomem.rl.advantages import (
-    RolloutTree,
-    group_advantages,
-    group_ids_from_keys,
-    psp_select,
-    psp_temperature,
-)
-from videomem.rl.rewards import compute_rewards
+from videomem.memory.prompt import ParsedOutput, parse_output
+from videomem.rl.advantages import RolloutNode, RolloutTree, psp_select, psp_temperature, step_advantages
+from videomem.rl.rewards import RewardConfig, answerable, compute_rewards
 
 
 @dataclass
@@ -46,45 +46,6 @@ class RolloutConfig:
     max_new_tokens: int = 64
     temperature: float = 1.0
     top_p: float = 1.0
-
-
-@dataclass
-class RewardConfig:
-    """TCR (Eq. 1): R = alpha_t * answer + w_format * format - beta * max(0, mem_tokens - L_max)."""
-
-    alpha: float = 1.0
-    format_weight: float = 1.0
-    beta: float = 0.005
-    max_memory_tokens: int = 1024  # L_max
-    tcr: bool = True  # False: terminal reward only
-    memory_penalty: bool = True  # False: beta = 0 ("w/o MP")
-    answer_weight_schedule: str = "constant"  # or "linear" (alpha * t / T)
-    scale_advantages: bool = True  # z-score within the group (paper); False: mean-centred (Dr. GRPO)
-    # "none" (paper): the answer term at every clip. "oracle" (beyond the paper; needs oracle memories,
-    # as synthetic shards have): only at clips whose oracle memory already equals the last one, i.e.
-    # where the evidence so far determines the gold answer; elsewhere the paper pays guesses at an
-    # answer the clips seen so far cannot give (README, "What limits PRPO here").
-    answer_gate: str = "none"
-    # Whose <answer> the answer term scores at a clip before the last. "provisional" (paper): the
-    # sample's own a_t against the final gold. "continuation" (beyond the paper): the final a_T of the
-    # loop continued greedily from the sample's memory M_t to the last clip, so a memory is paid for
-    # the answer it leads to rather than for an early guess (README, "Scoring the memory").
-    answer_target: str = "provisional"
-
-    def __post_init__(self) -> None:
-        if self.answer_gate not in ("none", "oracle"):
-            raise ValueError(f"answer_gate must be 'none' or 'oracle', got {self.answer_gate!r}")
-        if self.answer_target not in ("provisional", "continuation"):
-            raise ValueError(
-                f"answer_target must be 'provisional' or 'continuation', got {self.answer_target!r}"
-            )
-
-    def weights(self) -> dict[str, float]:
-        return {
-            "answer": self.alpha,
-            "format": self.format_weight,
-            "memory_length": self.beta if self.memory_penalty else 0.0,
-        }
 
 
 @dataclass
@@ -118,12 +79,192 @@ class _Frontier:
     memory: str
 
 
-def _summary(
-    tree: RolloutTree, memory_tokens: list[int], format_ok: list[bool], num_prompts: int
-) -> dict[str, float]:
+@dataclass
+class _Step:
+    """One example's outputs at one clip (G per frontier memory), parsed and scored.
+
+    Attributes:
+        parents: [N] the frontier each output was sampled from (siblings share one).
+        texts: [N] decoded outputs.
+        token_ids: [N] their token ids as sampled.
+        parsed: [N] ``parse_output`` of each text.
+        memory_tokens: [N] length of each written memory in policy tokens (0 when none parsed).
+        totals: [N] TCR rewards.
+        terms: Reward term name -> [N] raw values.
+        advantages: [N] group advantages.
+    """
+
+    parents: list[_Frontier]
+    texts: list[str]
+    token_ids: list[list[int]]
+    parsed: list[ParsedOutput]
+    memory_tokens: list[int]
+    totals: list[float] = field(default_factory=list)
+    terms: dict[str, list[float]] = field(default_factory=dict)
+    advantages: list[float] = field(default_factory=list)
+
+
+@torch.no_grad()
+def prpo_rollout(
+    policy,
+    qas: list[VideoQA],
+    cfg: RolloutConfig,
+    reward: RewardConfig,
+    *,
+    generator: torch.Generator | None = None,
+    train_step: int | None = None,
+) -> Rollout:
+    """Sample a PSP rollout tree (or independent chains) for a batch of questions.
+
+    Per clip: sample G outputs per carried memory, score the continuations (if the answer target
+    asks for it), then per example: TCR rewards, group advantages, tree nodes and update samples,
+    and the memories carried on. The random draws come in that order: all sampling of a clip, then
+    PSP selection example by example.
+
+    Args:
+        policy: The policy (``videomem.model.policy.Policy``), in eval mode.
+        qas: Training questions with gold answers.
+        cfg: Sampling settings.
+        reward: TCR settings.
+        generator: Seeded RNG for sampling and PSP selection.
+        train_step: Current optimizer step (for the optional tau annealing).
+
+    Returns:
+        The rollout: tree, update samples (T*G per example with K=1) and stats.
+    """
+    tree, samples, steps = RolloutTree(), [], []
+    chains = 1 if cfg.psp else cfg.group_size
+    frontiers = [[_Frontier(None, "") for _ in range(chains)] for _ in qas]
+    continued: dict[tuple[int, int, str], str | None] = {}  # the greedy chains' states, this rollout
+    num_prompts = 0
+    for t in range(max(qa.num_clips for qa in qas)):
+        prompts = [(i, f) for i, qa in enumerate(qas) if t < qa.num_clips for f in frontiers[i]]
+        num_prompts += len(prompts)
+        outputs = _sample(policy, qas, t, prompts, cfg, generator)
+        scored = None
+        if reward.answer_target == "continuation" and reward.tcr:
+            scored = _continuation_answers(policy, qas, t, prompts, outputs, cfg, continued)
+        for i, step in _per_example(policy, qas, prompts, outputs):
+            step.totals, step.terms = _score(step, qas[i], i, t, reward, scored)
+            step.advantages = step_advantages(
+                step.totals, [f.node_id for f in step.parents], psp=cfg.psp, scale=reward.scale_advantages
+            )
+            nodes = _record(tree, samples, policy, qas[i], i, t, step)
+            frontiers[i] = _next_frontier(nodes, step.parsed, step.parents, cfg, t, generator, train_step)
+            steps.append(step)
+    return Rollout(tree, samples, _summary(tree, steps, num_prompts))
+
+
+def _sample(policy, qas: list[VideoQA], t: int, prompts, cfg: RolloutConfig, generator):
+    """G outputs (text, ids) per prompt (one per chain without PSP), from one shared prefill each."""
+    return generate_step(
+        policy,
+        [qas[i] for i, _ in prompts],
+        t,
+        [f.memory for _, f in prompts],
+        GenerationConfig(cfg.max_new_tokens, True, cfg.temperature, cfg.top_p),
+        num_samples=cfg.group_size if cfg.psp else 1,
+        generator=generator,
+        return_ids=True,
+    )
+
+
+def _per_example(policy, qas: list[VideoQA], prompts, outputs) -> Iterator[tuple[int, _Step]]:
+    """The clip's outputs regrouped by example (in batch order), parsed, memory lengths counted."""
+    for i in dict.fromkeys(i for i, _ in prompts):
+        rows = [(f, outs) for (j, f), outs in zip(prompts, outputs) if j == i]
+        texts = [o for _, outs in rows for o, _ in outs]
+        parsed = [parse_output(o, len(qas[i].options)) for o in texts]
+        step = _Step(
+            parents=[f for f, outs in rows for _ in outs],
+            texts=texts,
+            token_ids=[ids for _, outs in rows for _, ids in outs],
+            parsed=parsed,
+            memory_tokens=[policy.count_tokens(p.memory) if p.memory is not None else 0 for p in parsed],
+        )
+        yield i, step
+
+
+def _score(
+    step: _Step,
+    qa: VideoQA,
+    i: int,
+    t: int,
+    reward: RewardConfig,
+    scored: dict[tuple[int, str], str | None] | None,
+) -> tuple[list[float], dict[str, list[float]]]:
+    """TCR rewards of example ``i``'s outputs at clip t (Eq. 1): ``(totals, raw terms)``.
+
+    ``scored``: the continuations' last outputs (``answer_target=continuation``), else None.
+    """
+    extra = {}
+    if scored is not None and t < qa.num_clips - 1:
+        extra["answer_texts"] = [
+            scored[(i, p.memory if p.memory is not None else f.memory)]
+            for p, f in zip(step.parsed, step.parents)
+        ]
+    return compute_rewards(
+        step.texts,
+        [qa.answer] * len(step.texts),
+        weights=reward.weights(),
+        clip_index=t,
+        num_clips=qa.num_clips,
+        tcr=reward.tcr,
+        answer_weight_schedule=reward.answer_weight_schedule,
+        answerable=answerable(qa, t, reward.answer_gate),
+        memory_tokens=step.memory_tokens,
+        max_memory_tokens=reward.max_memory_tokens,
+        num_options=len(qa.options),
+        **extra,
+    )
+
+
+def _record(
+    tree: RolloutTree, samples: list[RolloutSample], policy, qa: VideoQA, i: int, t: int, step: _Step
+) -> list[RolloutNode]:
+    """Add the step's outputs to the tree and to the update samples; return the new nodes.
+
+    Siblings share one messages object (their common prompt).
+    """
+    prompts = {id(f): f for f in step.parents}
+    messages_of = {key: step_messages(qa, t, f.memory, policy.system_prompt) for key, f in prompts.items()}
+    nodes = []
+    for k, (text, p, f) in enumerate(zip(step.texts, step.parsed, step.parents)):
+        node = tree.add(
+            parent_id=f.node_id,
+            example_index=i,
+            clip_index=t,
+            memory_in=f.memory,
+            output=text,
+            memory_out=p.memory,
+            reward=step.totals[k],
+            advantage=step.advantages[k],
+            reward_terms={name: vals[k] for name, vals in step.terms.items()},
+        )
+        nodes.append(node)
+        samples.append(
+            RolloutSample(
+                node.node_id,
+                i,
+                t,
+                messages_of[id(f)],
+                qa.clips[t],
+                text,
+                step.advantages[k],
+                parent_id=f.node_id,
+                completion_ids=step.token_ids[k],
+            )
+        )
+    return nodes
+
+
+def _summary(tree: RolloutTree, steps: list[_Step], num_prompts: int) -> dict[str, float]:
+    """Rollout statistics for logging: mean reward and terms, advantage spread, format, memory length."""
     nodes = tree.nodes
     if not nodes:
         return {}
+    format_ok = [p.format_ok for step in steps for p in step.parsed]
+    memory_tokens = [n for step in steps for n in step.memory_tokens]
     adv = torch.tensor([n.advantage for n in nodes], dtype=torch.float64)
     stats = {
         "reward/total": sum(n.reward for n in nodes) / len(nodes),
@@ -143,123 +284,6 @@ def _summary(
     last = [n for n in nodes if n.clip_index == final_clip[n.example_index]]
     stats["final_answer_accuracy"] = sum(n.reward_terms.get("answer", 0.0) for n in last) / len(last)
     return stats
-
-
-@torch.no_grad()
-def prpo_rollout(
-    policy,
-    qas: list[VideoQA],
-    cfg: RolloutConfig,
-    reward: RewardConfig,
-    *,
-    generator: torch.Generator | None = None,
-    train_step: int | None = None,
-) -> Rollout:
-    """Sample a PSP rollout tree (or independent chains) for a batch of questions.
-
-    Args:
-        policy: The policy (``videomem.model.policy.Policy``), in eval mode.
-        qas: Training questions with gold answers.
-        cfg: Sampling settings.
-        reward: TCR settings.
-        generator: Seeded RNG for sampling and PSP selection.
-        train_step: Current optimizer step (for the optional tau annealing).
-
-    Returns:
-        The rollout: tree, update samples (T*G per example with K=1) and stats.
-    """
-    gen = GenerationConfig(cfg.max_new_tokens, True, cfg.temperature, cfg.top_p)
-    tree = RolloutTree()
-    samples: list[RolloutSample] = []
-    memory_tokens: list[int] = []
-    format_ok: list[bool] = []
-    num_prompts = 0
-    chains = 1 if cfg.psp else cfg.group_size
-    per_prompt = cfg.group_size if cfg.psp else 1
-    frontiers = [[_Frontier(None, "") for _ in range(chains)] for _ in qas]
-    continued: dict[tuple[int, int, str], str | None] = {}  # the greedy chains' states, this rollout
-    for t in range(max(qa.num_clips for qa in qas)):
-        active = [i for i, qa in enumerate(qas) if t < qa.num_clips]
-        prompts = [(i, f) for i in active for f in frontiers[i]]
-        num_prompts += len(prompts)
-        outputs = generate_step(
-            policy,
-            [qas[i] for i, _ in prompts],
-            t,
-            [f.memory for _, f in prompts],
-            gen,
-            num_samples=per_prompt,
-            generator=generator,
-            return_ids=True,
-        )
-        scored = None
-        if reward.answer_target == "continuation" and reward.tcr:
-            scored = _continuation_answers(policy, qas, t, prompts, outputs, cfg, continued)
-        for i in active:
-            qa = qas[i]
-            rows = [(f, outs) for (j, f), outs in zip(prompts, outputs) if j == i]
-            texts = [o for _, outs in rows for o, _ in outs]
-            token_ids = [ids for _, outs in rows for _, ids in outs]
-            parents = [f for f, outs in rows for _ in outs]
-            parsed = [parse_output(o, len(qa.options)) for o in texts]
-            extra = {}
-            if scored is not None and t < qa.num_clips - 1:
-                extra["answer_texts"] = [
-                    scored[(i, p.memory if p.memory is not None else f.memory)]
-                    for p, f in zip(parsed, parents)
-                ]
-            tokens = [policy.count_tokens(p.memory) if p.memory is not None else 0 for p in parsed]
-            totals, terms = compute_rewards(
-                texts,
-                [qa.answer] * len(texts),
-                weights=reward.weights(),
-                clip_index=t,
-                num_clips=qa.num_clips,
-                tcr=reward.tcr,
-                answer_weight_schedule=reward.answer_weight_schedule,
-                answerable=answerable(qa, t, reward.answer_gate),
-                memory_tokens=tokens,
-                max_memory_tokens=reward.max_memory_tokens,
-                num_options=len(qa.options),
-                **extra,
-            )
-            # groups: siblings of one parent with PSP; all G chains of this clip without
-            gids = group_ids_from_keys([id(f) if cfg.psp else 0 for f in parents])
-            adv = group_advantages(
-                torch.tensor(totals, dtype=torch.float64), gids, scale=reward.scale_advantages
-            ).tolist()
-            nodes = []
-            messages_of = {id(f): step_messages(qa, t, f.memory, policy.system_prompt) for f, _ in rows}
-            for k, (text, p, f) in enumerate(zip(texts, parsed, parents)):
-                node = tree.add(
-                    parent_id=f.node_id,
-                    example_index=i,
-                    clip_index=t,
-                    memory_in=f.memory,
-                    output=text,
-                    memory_out=p.memory,
-                    reward=totals[k],
-                    advantage=adv[k],
-                    reward_terms={name: vals[k] for name, vals in terms.items()},
-                )
-                nodes.append(node)
-                samples.append(
-                    RolloutSample(
-                        node.node_id,
-                        i,
-                        t,
-                        messages_of[id(f)],
-                        qa.clips[t],
-                        text,
-                        adv[k],
-                        f.node_id,
-                        token_ids[k],
-                    )
-                )
-            memory_tokens += tokens
-            format_ok += [p.format_ok for p in parsed]
-            frontiers[i] = _next_frontier(nodes, parsed, parents, cfg, t, generator, train_step)
-    return Rollout(tree, samples, _summary(tree, memory_tokens, format_ok, num_prompts))
 
 
 def _continuation_answers(
@@ -302,18 +326,6 @@ def _continuation_answers(
             for k, step in enumerate(r.steps[:-1]):  # the chain then showed step.memory_out at t+2+k
                 continued.setdefault((i, t + 2 + k, step.memory_out), last)
     return {key: continued[(key[0], t + 1, key[1])] for key in keys}
-
-
-def answerable(qa: VideoQA, clip_index: int, gate: str = "none") -> bool:
-    """Whether the answer reward applies at ``clip_index`` (``RewardConfig.answer_gate``).
-
-    ``none``: always (the paper). ``oracle``: when the question's oracle memory at this clip equals
-    its last one (the clips so far already determine the answer: the counted objects have all
-    appeared, the asked object has been seen); always when the shard has no oracle memories.
-    """
-    if gate == "none" or not qa.memories:
-        return True
-    return qa.memories[clip_index] == qa.memories[-1]
 
 
 def _next_frontier(

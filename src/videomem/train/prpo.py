@@ -24,17 +24,14 @@ import torch.distributed as dist
 from lightning import LightningModule
 from torch import nn
 
+from videomem.data.distributed import rank_and_world
 from videomem.data.types import VideoQA
 from videomem.memory.loop import GenerationConfig
 from videomem.rl.loss import chunked_token_logprobs, fused_grpo_loss, naive_grpo_loss, token_logprobs
-from videomem.rl.rollout import RewardConfig, RolloutConfig, RolloutSample, prpo_rollout
+from videomem.rl.rewards import RewardConfig
+from videomem.rl.rollout import RolloutConfig, RolloutSample, prpo_rollout
 from videomem.train.parallel import gathered_for_generation, maybe_shard
 from videomem.train.validation import LoopValidation
-
-
-def _dist() -> tuple[int, bool]:
-    on = dist.is_available() and dist.is_initialized()
-    return (dist.get_world_size() if on else 1), on
 
 
 class PRPOModule(LightningModule):
@@ -244,14 +241,14 @@ class PRPOModule(LightningModule):
             + 1
             for s in samples
         ]
-        world, distributed = _dist()
+        _, world = rank_and_world()
         stats_t = torch.tensor([float(sum(tokens)), 0.0], device=self.device)
         samples = _update_samples(
             samples, self.skip_zero_advantage, bool(self.kl_coef) and self.kl_zero_advantage
         )
         chunks = _micro_batches(samples, self.micro_batch_size, whole_groups=self.shared_prefix_update)
         stats_t[1] = len(chunks)
-        if distributed:  # global token count and equal micro-batch counts, once per step (not per call)
+        if world > 1:  # global token count and equal micro-batch counts, once per step (not per call)
             sums = stats_t[:1].clone()
             dist.all_reduce(sums)
             maxes = stats_t[1:].clone()

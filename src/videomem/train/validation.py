@@ -15,47 +15,12 @@ import torch
 import torch.distributed as dist
 from lightning import LightningModule
 
+from videomem.data.distributed import rank_and_world
 from videomem.data.types import VideoQA
-from videomem.eval.metrics import MemoryQAMetrics
-from videomem.memory.loop import GenerationConfig, LoopResult, run_memory_loop
+from videomem.eval.evaluate import result_text
+from videomem.eval.metrics import MemoryQAMetrics, flatten_metrics, update_metrics
+from videomem.memory.loop import GenerationConfig, run_memory_loop
 from videomem.train.parallel import gathered_for_generation
-
-
-def result_text(result: LoopResult) -> str:
-    """A question's memory chain as Markdown, for TensorBoard."""
-    qa = result.qa
-    lines = [f"**{qa.video_id} / {qa.qid}** ({qa.category}) {qa.question} gold={qa.answer}", ""]
-    for t, s in enumerate(result.steps):
-        lines.append(
-            f"- clip {t + 1}: answer={s.parsed.answer} format_ok={s.parsed.format_ok} memory: `{s.memory_out}`"
-        )
-    return "\n".join(lines)
-
-
-def update_metrics(metrics: MemoryQAMetrics, results: list[LoopResult]) -> None:
-    """Feed a batch of loop results to the metric accumulator."""
-    metrics.update(
-        [r.answers for r in results],
-        [r.qa.answer for r in results],
-        [r.qa.categories or [r.qa.category] for r in results],
-        [[s.parsed.format_ok for s in r.steps] for r in results],
-        [[s.memory_tokens for s in r.steps] for r in results],
-        memories=[[s.memory_out for s in r.steps] for r in results],
-        teacher_memories=[r.qa.memories for r in results],
-    )
-
-
-def flatten_metrics(values: dict, prefix: str) -> dict[str, float]:
-    """``{"accuracy": .7, "seg_accuracy": [..], "per_category": {..}}`` -> flat scalar names."""
-    flat = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            flat.update({f"{prefix}/{key}/{k}": float(v) for k, v in value.items()})
-        elif isinstance(value, list | tuple):
-            flat.update({f"{prefix}/{key}/clip_{i + 1}": float(v) for i, v in enumerate(value)})
-        else:
-            flat[f"{prefix}/{key}"] = float(value)
-    return flat
 
 
 def _agreed_num_clips(metrics: MemoryQAMetrics | None, device) -> int:
@@ -66,7 +31,7 @@ def _agreed_num_clips(metrics: MemoryQAMetrics | None, device) -> int:
     that did see questions wait forever.
     """
     t = torch.tensor([metrics.num_clips if metrics is not None else 0], device=device)
-    if dist.is_available() and dist.is_initialized():
+    if rank_and_world()[1] > 1:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return int(t.item())
 
