@@ -133,7 +133,6 @@ def compute_rewards(
     num_clips: int,
     tcr: bool = True,
     answer_weight_schedule: str = "constant",
-    answerable: bool = True,
     **columns: Any,
 ) -> tuple[list[float], dict[str, list[float]]]:
     """TCR total reward of each completion of one clip step (Eq. 1) and its unweighted components.
@@ -149,8 +148,6 @@ def compute_rewards(
         tcr: False gives the terminal-reward ablation: every step before the last gets total 0
             (hence zero advantage); the components are still returned for logging.
         answer_weight_schedule: ``constant`` (paper) or ``linear`` (see ``answer_weight``).
-        answerable: False drops the answer term at this step (weight 0; still returned for logging):
-            the evidence so far does not determine the gold answer (``RewardConfig.answer_gate``).
         **columns: Passed to every term (``memory_tokens``, ``max_memory_tokens``, ``num_options``).
 
     Returns:
@@ -167,7 +164,7 @@ def compute_rewards(
         for name, values in components.items():
             w = weights[name]
             if name == "answer":
-                w = answer_weight(w, clip_index, num_clips, answer_weight_schedule) if answerable else 0.0
+                w = answer_weight(w, clip_index, num_clips, answer_weight_schedule)
             sign = -1.0 if name in PENALTY_TERMS else 1.0
             totals = [total + sign * w * v for total, v in zip(totals, values)]
     return totals, components

@@ -60,11 +60,6 @@ class RewardConfig:
     memory_penalty: bool = True  # False: beta = 0 ("w/o MP")
     answer_weight_schedule: str = "constant"  # or "linear" (alpha * t / T)
     scale_advantages: bool = True  # z-score within the group (paper); False: mean-centred (Dr. GRPO)
-    # "none" (paper): the answer term at every clip. "oracle" (beyond the paper; needs oracle memories,
-    # as synthetic shards have): only at clips whose oracle memory already equals the last one, i.e.
-    # where the evidence so far determines the gold answer; elsewhere the paper pays guesses at an
-    # answer the clips seen so far cannot give (README, "What limits PRPO here").
-    answer_gate: str = "none"
     # Whose <answer> the answer term scores at a clip before the last. "provisional" (paper): the
     # sample's own a_t against the final gold. "continuation" (beyond the paper): the final a_T of the
     # loop continued greedily from the sample's memory M_t to the last clip, so a memory is paid for
@@ -72,8 +67,6 @@ class RewardConfig:
     answer_target: str = "provisional"
 
     def __post_init__(self) -> None:
-        if self.answer_gate not in ("none", "oracle"):
-            raise ValueError(f"answer_gate must be 'none' or 'oracle', got {self.answer_gate!r}")
         if self.answer_target not in ("provisional", "continuation"):
             raise ValueError(
                 f"answer_target must be 'provisional' or 'continuation', got {self.answer_target!r}"
@@ -217,7 +210,6 @@ def prpo_rollout(
                 num_clips=qa.num_clips,
                 tcr=reward.tcr,
                 answer_weight_schedule=reward.answer_weight_schedule,
-                answerable=answerable(qa, t, reward.answer_gate),
                 memory_tokens=tokens,
                 max_memory_tokens=reward.max_memory_tokens,
                 num_options=len(qa.options),
@@ -302,18 +294,6 @@ def _continuation_answers(
             for k, step in enumerate(r.steps[:-1]):  # the chain then showed step.memory_out at t+2+k
                 continued.setdefault((i, t + 2 + k, step.memory_out), last)
     return {key: continued[(key[0], t + 1, key[1])] for key in keys}
-
-
-def answerable(qa: VideoQA, clip_index: int, gate: str = "none") -> bool:
-    """Whether the answer reward applies at ``clip_index`` (``RewardConfig.answer_gate``).
-
-    ``none``: always (the paper). ``oracle``: when the question's oracle memory at this clip equals
-    its last one (the clips so far already determine the answer: the counted objects have all
-    appeared, the asked object has been seen); always when the shard has no oracle memories.
-    """
-    if gate == "none" or not qa.memories:
-        return True
-    return qa.memories[clip_index] == qa.memories[-1]
 
 
 def _next_frontier(
