@@ -53,8 +53,9 @@ def user_error_message(err: BaseException) -> str | None:
     video = sys.modules.get("videomem.data.video")  # imported by whoever decoded a video
     if not isinstance(err, _USER_ERRORS) and not (video and isinstance(err, video.VideoDecodeError)):
         return None
-    text = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
-    return " ".join(str(text).split()) or type(err).__name__
+    if isinstance(err, OSError) and err.filename is not None:  # "[Errno 2] ..." -> what and where
+        return f"{(err.strerror or type(err).__name__).lower()}: {err.filename}: check the path"
+    return " ".join(str(err).split()) or type(err).__name__
 
 
 def full_error_requested() -> bool:
