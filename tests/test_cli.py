@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from videomem.cli import UserError, main, one_line_errors, user_error_message
+from videomem.cli import UserError, check_shards, main, one_line_errors, user_error_message
 from videomem.eval.geometry import POLICY_FILE, data_config_frames, resolve_frames
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -135,6 +135,14 @@ def test_prpo_without_a_cold_start_says_to_run_make_sft(compose_cfg, tmp_path) -
         with pytest.raises(UserError, match=r"run `make sft` first.*init_from"):
             check_cold_start(cfg)
     check_cold_start(compose_cfg("prpo", [f"init_from={tmp_path / 'none'}", "cold_start=false"]))
+
+
+def test_training_without_shards_says_to_run_make_data(compose_cfg, tmp_path, shards) -> None:
+    cfg = compose_cfg("sft")  # data under tmp_path: none written
+    with pytest.raises(UserError, match=r"no shards match data.train_shards=.*run `make data` first"):
+        check_shards("data.train_shards", cfg.data.train_shards)
+    check_shards("data.train_shards", str(shards))
+    check_shards("data.test_shards", None)  # a split that is not used
 
 
 @pytest.mark.slow  # a fresh interpreter with torch and lightning: ~10 s; the pieces are tested above

@@ -83,6 +83,25 @@ def one_line_errors(prog: str) -> Callable:
     return wrap
 
 
+def check_shards(key: str, spec) -> None:
+    """Refuse a shard setting (``data.train_shards``, ``shards``, ...) that matches no shard, saying how
+    to get some; None (split not used) passes."""
+    if spec is None:
+        return
+    from videomem.data.shards import expand_shards
+
+    try:
+        paths = expand_shards(spec)
+    except ValueError:
+        paths = []
+    local = [p for p in paths if "://" not in p and not p.startswith("pipe:")]
+    if not paths or any(not os.path.isfile(p) for p in local):
+        raise UserError(
+            f"no shards match {key}={spec}: run `make data` first for the synthetic default, or set {key} "
+            "to a dir, glob or brace pattern of .tar shards (`videomem shards` imports a benchmark)"
+        )
+
+
 def fit_frame_size(height: int, width: int, multiple: int, max_pixels: int) -> tuple[int, int]:
     """Largest (H, W), multiples of ``multiple``, with H*W <= ``max_pixels`` and the video's aspect ratio."""
     scale = min(1.0, math.sqrt(max_pixels / (height * width)))

@@ -22,7 +22,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from videomem import CONFIG_DIR
-from videomem.cli import UserError, one_line_errors
+from videomem.cli import UserError, check_shards, one_line_errors
 from videomem.eval.benchmarks import BENCHMARKS
 from videomem.eval.evaluate import evaluate
 from videomem.eval.geometry import resolve_frames
@@ -93,6 +93,7 @@ def run(cfg: DictConfig) -> dict:
     frame_size, frames_per_clip = resolve_frames(cfg.ckpt, cfg.frame_size, cfg.frames_per_clip, data_default)
     if frame_size is None:
         raise UserError("no frame size: set frame_size=[H,W] (multiples of the policy's patch * merge)")
+    check_shards("shards", cfg.shards)
     # num_workers=0: decoding in this process, so the datamodule's skip count is this run's
     datamodule = hydra.utils.instantiate(
         cfg.data,

@@ -13,7 +13,7 @@ import hydra
 from omegaconf import DictConfig
 
 from videomem import CONFIG_DIR
-from videomem.cli import UserError, one_line_errors
+from videomem.cli import UserError, check_shards, one_line_errors
 from videomem.train.callbacks import point_latest
 from videomem.train.runner import train, validate
 
@@ -33,6 +33,8 @@ def check_cold_start(cfg: DictConfig) -> None:
 @one_line_errors("run_prpo")
 def main(cfg: DictConfig) -> float | None:
     check_cold_start(cfg)
+    for split in ("train_shards", "val_shards"):
+        check_shards(f"data.{split}", cfg.data.get(split))
     if not cfg.prpo:
         module, metrics = validate(cfg)
         out = Path(cfg.callbacks.save_policy.dirpath)
