@@ -109,6 +109,11 @@ def test_a_bug_is_not_a_user_error() -> None:
     assert user_error_message(RuntimeError("tensor shapes")) is None
     assert user_error_message(KeyError("x")) is None
     assert user_error_message(UserError("bad\n  path")) == "bad path"
+    from omegaconf import OmegaConf
+
+    with pytest.raises(Exception) as info:  # e.g. a paper recipe without its model dir's variable
+        OmegaConf.to_container(OmegaConf.create({"path": "${oc.env:VIDEOMEM_NO_SUCH_VAR}"}), resolve=True)
+    assert "VIDEOMEM_NO_SUCH_VAR" in user_error_message(info.value)
 
 
 def test_one_line_errors_unwraps_hydra_instantiation_and_exits_2(capsys) -> None:

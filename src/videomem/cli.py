@@ -47,11 +47,13 @@ def user_error_message(err: BaseException) -> str | None:
     Hydra's instantiate wraps the constructor's exception: the cause is what the user needs to read.
     """
     from hydra.errors import InstantiationException
+    from omegaconf.errors import OmegaConfBaseException  # a config value that is missing or wrong
 
     if isinstance(err, InstantiationException) and err.__cause__ is not None:
         err = err.__cause__
     video = sys.modules.get("videomem.data.video")  # imported by whoever decoded a video
-    if not isinstance(err, _USER_ERRORS) and not (video and isinstance(err, video.VideoDecodeError)):
+    known = _USER_ERRORS + (OmegaConfBaseException,) + ((video.VideoDecodeError,) if video else ())
+    if not isinstance(err, known):
         return None
     if isinstance(err, OSError) and err.filename is not None:  # "[Errno 2] ..." -> what and where
         return f"{(err.strerror or type(err).__name__).lower()}: {err.filename}: check the path"
