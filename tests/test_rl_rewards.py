@@ -11,7 +11,6 @@ from videomem.rl.rewards import (
     RewardConfig,
     answer_reward,
     answer_weight,
-    answerable,
     compute_rewards,
     format_reward,
     memory_length_penalty,
@@ -135,40 +134,6 @@ def test_linear_answer_weight_rises_to_alpha_at_the_last_clip():
 
 def test_registry_names_match_config_weights():
     assert set(REWARD_FUNCS) == set(DEFAULT_WEIGHTS)
-
-
-def test_an_unanswerable_step_drops_only_the_answer_term():
-    kw = dict(weights=DEFAULT_WEIGHTS, clip_index=1, num_clips=4, memory_tokens=[5, 5, 1100])
-    totals, parts = compute_rewards([GOOD, WRONG, LONG], ["B"] * 3, answerable=False, **kw)
-    assert totals == pytest.approx([1.0, 1.0, 1.0 - 0.38])  # format and memory penalty still count
-    assert parts["answer"] == [1.0, 0.0, 1.0]  # the component is still logged
-    totals, _ = compute_rewards([GOOD, WRONG, LONG], ["B"] * 3, **kw)
-    assert totals == pytest.approx([2.0, 1.0, 2.0 - 0.38])
-
-
-def test_oracle_answer_gate_opens_once_the_clips_so_far_determine_the_answer():
-    from tests.test_memory_loop import make_qa
-
-    qa = make_qa(0, 4)
-    qa.memories = [
-        "red objects so far: 0",
-        "red objects so far: 1",
-        "red objects so far: 1",
-        "red objects so far: 2",
-    ]
-    assert [answerable(qa, t, "oracle") for t in range(4)] == [False, False, False, True]
-    qa.memories = [
-        "red object: not seen yet",
-        "red object: circle",
-        "red object: circle",
-        "red object: circle",
-    ]
-    assert [answerable(qa, t, "oracle") for t in range(4)] == [False, True, True, True]
-    assert all(answerable(qa, t, "none") for t in range(4))  # the paper: every clip
-    qa.memories = None  # a benchmark shard without oracle memories: the paper's TCR
-    assert all(answerable(qa, t, "oracle") for t in range(4))
-    with pytest.raises(ValueError, match="answer_gate"):
-        RewardConfig(answer_gate="sometimes")
 
 
 def test_reward_config_defaults_are_the_default_weights():

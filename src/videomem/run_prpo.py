@@ -13,12 +13,28 @@ import hydra
 from omegaconf import DictConfig
 
 from videomem import CONFIG_DIR
+from videomem.cli import UserError, check_shards, one_line_errors
 from videomem.train.callbacks import point_latest
 from videomem.train.runner import train, validate
 
 
+def check_cold_start(cfg: DictConfig) -> None:
+    """With ``cold_start`` PRPO starts from the SFT policy at ``init_from``: say how to get one."""
+    if cfg.cold_start and not (init := cfg.get("init_from")):
+        raise UserError("cold_start=true needs init_from=<a saved SFT policy dir>")
+    if cfg.cold_start and not (Path(init) / "config.json").is_file():
+        raise UserError(
+            f"no cold-start policy at init_from={init}: run `make sft` first (it writes logs/sft/latest), "
+            "or set init_from=<a saved SFT policy dir>, or cold_start=false to start from the model as configured"
+        )
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="prpo")
+@one_line_errors("run_prpo")
 def main(cfg: DictConfig) -> float | None:
+    check_cold_start(cfg)
+    for split in ("train_shards", "val_shards"):
+        check_shards(f"data.{split}", cfg.data.get(split))
     if not cfg.prpo:
         module, metrics = validate(cfg)
         out = Path(cfg.callbacks.save_policy.dirpath)

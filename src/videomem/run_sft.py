@@ -6,11 +6,15 @@ import hydra
 from omegaconf import DictConfig
 
 from videomem import CONFIG_DIR
+from videomem.cli import check_shards, one_line_errors
 from videomem.train.runner import train
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="sft")
+@one_line_errors("run_sft")
 def main(cfg: DictConfig) -> float | None:
+    for split in ("train_shards", "val_shards"):
+        check_shards(f"data.{split}", cfg.data.get(split))
     metrics = train(cfg)
     return metrics.get(cfg.get("optimized_metric", ""))
 

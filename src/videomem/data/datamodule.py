@@ -174,7 +174,8 @@ class VideoQADataModule(L.LightningDataModule):
         batch_size: Questions per batch.
         num_workers: DataLoader worker processes (decoding happens there).
         frames_per_clip: Frames sampled uniformly from every clip.
-        frame_size: [H, W] resize at decode time (multiples of the model's patch * merge), None = stored.
+        frame_size: [H, W] resize at decode time (multiples of the model's patch * merge), None = stored
+            (the configured size lives in the data config, ``configs/data/*.yaml``).
         backend: "decord" or "pyav".
         shuffle_buffer: Videos in the training shuffle buffer (still encoded, so cheap).
         seed: Seed of shard resampling and shuffling.
@@ -193,7 +194,7 @@ class VideoQADataModule(L.LightningDataModule):
         batch_size: int = 8,
         num_workers: int = 0,
         frames_per_clip: int = 8,
-        frame_size: tuple[int, int] | list[int] | None = (56, 56),
+        frame_size: tuple[int, int] | list[int] | None = None,
         backend: str = "decord",
         shuffle_buffer: int = 256,
         seed: int = 0,

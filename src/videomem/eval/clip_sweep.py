@@ -5,6 +5,9 @@ same oracle, seeds disjoint from training), the greedy memory loop runs on it, a
 a_T and the Seg1-N curve are collected into one JSON + Markdown table. The policy was trained at one
 T (4 by default); a memory that generalises keeps (or improves) its accuracy as T grows.
 
+Frames are decoded as the policy was trained (the geometry saved beside it), else as the synthetic
+data config says (``configs/data/synthetic.yaml``); ``--frame-size`` / ``--frames-per-clip`` override.
+
 ``videomem clips --ckpt DIR [--clips 1 2 ... 8] [--videos 32] [--out DIR]`` (``make eval-clips``).
 """
 
@@ -14,11 +17,7 @@ import argparse
 import json
 from pathlib import Path
 
-from videomem.data.shards import expand_shards, iter_shard_videoqa
-from videomem.data.synthetic import generate_dataset
-from videomem.eval.evaluate import evaluate
-from videomem.memory.loop import GenerationConfig
-from videomem.model.policy import Policy
+from videomem.eval.geometry import data_config_frames, resolve_frames
 
 
 def clip_sweep(
@@ -28,16 +27,26 @@ def clip_sweep(
     *,
     videos: int = 32,
     seed: int = 1000,
-    frames_per_clip: int = 8,
-    frame_size: tuple[int, int] = (56, 56),
+    frames_per_clip: int | None = None,
+    frame_size: tuple[int, int] | None = None,
     batch_size: int = 64,
     max_new_tokens: int = 48,
 ) -> dict[int, dict]:
     """Generate a T-clip test split for each T in ``clip_counts`` and evaluate ``policy`` on it.
 
+    ``frames_per_clip`` / ``frame_size``: None takes the synthetic data config's.
+
     Returns:
         ``{T: metrics}`` with the keys of ``evaluate`` (accuracy, seg_accuracy, per_category, ...).
     """
+    from videomem.data.shards import expand_shards, iter_shard_videoqa
+    from videomem.data.synthetic import generate_dataset
+    from videomem.eval.evaluate import evaluate
+    from videomem.memory.loop import GenerationConfig
+
+    default_size, default_frames = data_config_frames("synthetic")
+    frame_size = default_size if frame_size is None else frame_size
+    frames_per_clip = default_frames if frames_per_clip is None else frames_per_clip
     out_dir = Path(out_dir)
     results: dict[int, dict] = {}
     for num_clips in clip_counts:
@@ -74,17 +83,34 @@ def markdown(results: dict[int, dict]) -> str:
     return head + "\n".join(rows) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="videomem clips", description=__doc__.split("\n")[0])
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``videomem clips``."""
     p.add_argument("--ckpt", required=True, help="a saved policy dir")
     p.add_argument("--clips", type=int, nargs="+", default=list(range(1, 9)))
     p.add_argument("--videos", type=int, default=32, help="test videos per T (3 questions each)")
     p.add_argument("--out", default="logs/clips")
     p.add_argument("--data", default="data/synthetic_clips", help="where the T-clip test splits are written")
-    p.add_argument("--frame-size", type=int, nargs=2, default=[56, 56])
-    a = p.parse_args(argv)
+    p.add_argument(
+        "--frame-size",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        help="default: as the policy was trained, else the synthetic data config's",
+    )
+    p.add_argument(
+        "--frames-per-clip", type=int, help="default: as the policy was trained, else the data config's"
+    )
+
+
+def run(a: argparse.Namespace) -> int:
+    """``videomem clips``: sweep, then write ``clips.json`` and ``clips.md`` under ``--out``."""
+    from videomem.model.policy import Policy
+
+    if min(a.clips) < 1 or a.videos < 1:
+        raise ValueError("--clips and --videos must be >= 1")
+    size, frames = resolve_frames(a.ckpt, a.frame_size, a.frames_per_clip, data_config_frames("synthetic"))
     policy = Policy.from_pretrained(a.ckpt).eval()
-    results = clip_sweep(policy, a.clips, a.data, videos=a.videos, frame_size=tuple(a.frame_size))
+    results = clip_sweep(policy, a.clips, a.data, videos=a.videos, frame_size=size, frames_per_clip=frames)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "clips.json").write_text(json.dumps({str(t): m for t, m in results.items()}, indent=2))

@@ -2,8 +2,7 @@
 
     R_i = alpha_t * 1[answer_i == a] + w_fmt * 1[format_i ok] - beta * max(0, len_tokens(memory_i) - L_max)
 
-``RewardConfig`` holds the TCR settings of a PRPO run (its defaults are ``DEFAULT_WEIGHTS``) and
-``answerable`` its optional answer gate. Every reward term is a plain function ``(completions, answers, **columns) -> list[float]`` (the TRL /
+``RewardConfig`` holds the TCR settings of a PRPO run (its defaults are ``DEFAULT_WEIGHTS``). Every reward term is a plain function ``(completions, answers, **columns) -> list[float]`` (the TRL /
 open-r1 convention), mapped from its config name through the one dict ``REWARD_FUNCS``. Penalty terms
 return POSITIVE values and are subtracted (``PENALTY_TERMS``), so logged components read naturally.
 Columns are per-completion lists (``memory_tokens``) or scalars that apply to all (``num_options``,
@@ -21,7 +20,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from videomem.data.types import VideoQA
 from videomem.memory.prompt import parse_output
 
 RewardFunc = Callable[..., list[float]]
@@ -136,7 +134,6 @@ def compute_rewards(
     num_clips: int,
     tcr: bool = True,
     answer_weight_schedule: str = "constant",
-    answerable: bool = True,
     **columns: Any,
 ) -> tuple[list[float], dict[str, list[float]]]:
     """TCR total reward of each completion of one clip step (Eq. 1) and its unweighted components.
@@ -152,8 +149,6 @@ def compute_rewards(
         tcr: False gives the terminal-reward ablation: every step before the last gets total 0
             (hence zero advantage); the components are still returned for logging.
         answer_weight_schedule: ``constant`` (paper) or ``linear`` (see ``answer_weight``).
-        answerable: False drops the answer term at this step (weight 0; still returned for logging):
-            the evidence so far does not determine the gold answer (``RewardConfig.answer_gate``).
         **columns: Passed to every term (``memory_tokens``, ``max_memory_tokens``, ``num_options``).
 
     Returns:
@@ -170,7 +165,7 @@ def compute_rewards(
         for name, values in components.items():
             w = weights[name]
             if name == "answer":
-                w = answer_weight(w, clip_index, num_clips, answer_weight_schedule) if answerable else 0.0
+                w = answer_weight(w, clip_index, num_clips, answer_weight_schedule)
             sign = -1.0 if name in PENALTY_TERMS else 1.0
             totals = [total + sign * w * v for total, v in zip(totals, values)]
     return totals, components
@@ -188,11 +183,6 @@ class RewardConfig:
     memory_penalty: bool = True  # False: beta = 0 ("w/o MP")
     answer_weight_schedule: str = "constant"  # or "linear" (alpha * t / T)
     scale_advantages: bool = True  # z-score within the group (paper); False: mean-centred (Dr. GRPO)
-    # "none" (paper): the answer term at every clip. "oracle" (beyond the paper; needs oracle memories,
-    # as synthetic shards have): only at clips whose oracle memory already equals the last one, i.e.
-    # where the evidence so far determines the gold answer; elsewhere the paper pays guesses at an
-    # answer the clips seen so far cannot give (README, "What limits PRPO here").
-    answer_gate: str = "none"
     # Whose <answer> the answer term scores at a clip before the last. "provisional" (paper): the
     # sample's own a_t against the final gold. "continuation" (beyond the paper): the final a_T of the
     # loop continued greedily from the sample's memory M_t to the last clip, so a memory is paid for
@@ -200,8 +190,6 @@ class RewardConfig:
     answer_target: str = "provisional"
 
     def __post_init__(self) -> None:
-        if self.answer_gate not in ("none", "oracle"):
-            raise ValueError(f"answer_gate must be 'none' or 'oracle', got {self.answer_gate!r}")
         if self.answer_target not in ("provisional", "continuation"):
             raise ValueError(
                 f"answer_target must be 'provisional' or 'continuation', got {self.answer_target!r}"
@@ -214,15 +202,3 @@ class RewardConfig:
             "format": self.format_weight,
             "memory_length": self.beta if self.memory_penalty else 0.0,
         }
-
-
-def answerable(qa: VideoQA, clip_index: int, gate: str = "none") -> bool:
-    """Whether the answer reward applies at ``clip_index`` (``RewardConfig.answer_gate``).
-
-    ``none``: always (the paper). ``oracle``: when the question's oracle memory at this clip equals
-    its last one (the clips so far already determine the answer: the counted objects have all
-    appeared, the asked object has been seen); always when the shard has no oracle memories.
-    """
-    if gate == "none" or not qa.memories:
-        return True
-    return qa.memories[clip_index] == qa.memories[-1]

@@ -30,7 +30,7 @@ from videomem.data.types import VideoQA
 from videomem.memory.loop import GenerationConfig, generate_step, run_memory_loop, step_messages
 from videomem.memory.prompt import ParsedOutput, parse_output
 from videomem.rl.advantages import RolloutNode, RolloutTree, psp_select, psp_temperature, step_advantages
-from videomem.rl.rewards import RewardConfig, answerable, compute_rewards
+from videomem.rl.rewards import RewardConfig, compute_rewards
 
 
 @dataclass
@@ -211,7 +211,6 @@ def _score(
         num_clips=qa.num_clips,
         tcr=reward.tcr,
         answer_weight_schedule=reward.answer_weight_schedule,
-        answerable=answerable(qa, t, reward.answer_gate),
         memory_tokens=step.memory_tokens,
         max_memory_tokens=reward.max_memory_tokens,
         num_options=len(qa.options),

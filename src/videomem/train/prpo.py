@@ -54,13 +54,9 @@ class PRPOModule(LightningModule):
         use_liger: Liger fused linear GRPO loss (else the plain-torch reference).
         liger_chunk_size: Sequences per Liger chunk.
         skip_zero_advantage: Skip zero-advantage samples in the update (their surrogate gradient is
-            zero); with ``kl_coef > 0`` they still carry the KL term, so see ``kl_zero_advantage``.
-        kl_zero_advantage: With ``kl_coef > 0``, still update the zero-advantage samples for their KL
-            term (True: the exact objective, a reference forward and a policy backward for every
-            sample); False: the KL term on the advantaged samples only, which keeps the update at
-            the cost of the run without KL plus one reference forward (the token-mean normaliser
-            still counts every sample). Ignored when ``skip_zero_advantage`` is False.
-        vision_lr_scale: The vision tower's learning rate as a multiple of the optimiser's (1: one LR).
+            zero). With ``kl_coef > 0`` the KL term then acts on the updated samples only, which
+            keeps the update at the cost of the run without KL plus one reference forward (the
+            token-mean normaliser still counts every sample).
         shared_prefix_update: Run each prompt (and its clip through the vision tower) once per update
             micro-batch with its G sampled completions packed behind it (``Policy.group_hidden_states``),
             as the rollout prefilled it once; False: one full prompt + completion row per sample. Same
@@ -87,8 +83,6 @@ class PRPOModule(LightningModule):
         use_liger: bool = True,
         liger_chunk_size: int = 1,
         skip_zero_advantage: bool = True,
-        kl_zero_advantage: bool = True,
-        vision_lr_scale: float = 1.0,
         shared_prefix_update: bool = True,
         seed: int = 0,
         val_generation: dict | None = None,
@@ -112,10 +106,6 @@ class PRPOModule(LightningModule):
         self.use_liger = use_liger
         self.liger_chunk_size = liger_chunk_size
         self.skip_zero_advantage = skip_zero_advantage
-        self.kl_zero_advantage = kl_zero_advantage
-        if not vision_lr_scale > 0:
-            raise ValueError(f"module.vision_lr_scale must be > 0, got {vision_lr_scale}")
-        self.vision_lr_scale = vision_lr_scale
         self.shared_prefix_update = shared_prefix_update
         self.seed = seed
         self.validation = LoopValidation(GenerationConfig(**(val_generation or {})), val_text_samples)
@@ -243,9 +233,7 @@ class PRPOModule(LightningModule):
         ]
         _, world = rank_and_world()
         stats_t = torch.tensor([float(sum(tokens)), 0.0], device=self.device)
-        samples = _update_samples(
-            samples, self.skip_zero_advantage, bool(self.kl_coef) and self.kl_zero_advantage
-        )
+        samples = _update_samples(samples, self.skip_zero_advantage)
         chunks = _micro_batches(samples, self.micro_batch_size, whole_groups=self.shared_prefix_update)
         stats_t[1] = len(chunks)
         if world > 1:  # global token count and equal micro-batch counts, once per step (not per call)
@@ -323,9 +311,7 @@ class PRPOModule(LightningModule):
         self.validation.epoch_end(self, prefix="val")
 
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(params=_param_groups(self.policy, self.vision_lr_scale))
-        for group in optimizer.param_groups:  # before the scheduler, which takes these as its base LRs
-            group["lr"] *= group.get("lr_scale", 1.0)
+        optimizer = self.optimizer_factory(params=_trainable_parameters(self.policy))
         if self.scheduler_factory is None:
             return optimizer
         return {
@@ -334,24 +320,20 @@ class PRPOModule(LightningModule):
         }
 
 
-def _param_groups(policy: nn.Module, vision_lr_scale: float) -> list[dict]:
-    """Trainable parameters as optimiser groups: the vision tower (``visual`` in the name) in a group
-    whose ``lr_scale`` multiplies the optimiser's learning rate (see ``vision_lr_scale``), the rest at it."""
+def _trainable_parameters(policy: nn.Module) -> list[nn.Parameter]:
+    """Trainable parameters, the vision tower's (``visual`` in the name) last: the order the optimiser
+    and the gradient-norm clipping (a sum over parameters, so order-sensitive in floating point) have
+    always seen."""
     rest, vision = [], []
     for name, p in policy.named_parameters():
         if p.requires_grad:
             (vision if ".visual." in f".{name}." else rest).append(p)
-    if vision_lr_scale == 1.0 or not vision:
-        return [{"params": rest + vision}]
-    return [{"params": rest}, {"params": vision, "lr_scale": vision_lr_scale}]
+    return rest + vision
 
 
-def _update_samples(
-    samples: list[RolloutSample], skip_zero_advantage: bool, kl_on_every_sample: bool
-) -> list[RolloutSample]:
-    """The samples the update runs: all, or (``skip_zero_advantage``) those whose advantage is not
-    zero, unless a KL term is to be applied to every sample (``kl_on_every_sample``)."""
-    if not skip_zero_advantage or kl_on_every_sample:
+def _update_samples(samples: list[RolloutSample], skip_zero_advantage: bool) -> list[RolloutSample]:
+    """The samples the update runs: all, or (``skip_zero_advantage``) those whose advantage is not zero."""
+    if not skip_zero_advantage:
         return list(samples)
     return [s for s in samples if s.advantage != 0.0]
 

@@ -1,6 +1,29 @@
-"""scripts/count_errors.py classifies `count` memory steps by the objects of the asked colour in the clip."""
+"""analysis/count_errors.py classifies `count` memory steps by the objects of the asked colour in the clip."""
 
 from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+# analysis/ probes of the synthetic task: out of the default test run (`-m slow` runs them)
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def script():
+    """``script("count_probe")`` imports ``analysis/count_probe.py`` (not a package)."""
+
+    def load(name: str) -> ModuleType:
+        path = Path(__file__).resolve().parents[1] / "analysis" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
 
 
 def video(vid: str, red_clips: list[int], memories: list[str]) -> dict:

@@ -9,7 +9,7 @@ least once (so that the group can reward it). `--min-added 1 --max-added 1` read
 instead, where "two more" is the error. Comparing a cold start with its PRPO policy shows whether RL
 raised or lowered the right count there (README, "RL unlearns the two-object clips").
 
-    .venv/bin/python scripts/count_probe.py --ckpt logs/sft/latest   # ~10 s (one-object clips: ~1 min)
+    .venv/bin/python analysis/count_probe.py --ckpt logs/sft/latest   # ~10 s (one-object clips: ~1 min)
 """
 
 from __future__ import annotations

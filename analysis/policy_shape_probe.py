@@ -10,7 +10,7 @@ samples would all agree, i.e. give a group no learning signal). If the probe
 is not much better than the policy, the shape is not in the representation, and an RL stage that only
 reweights what the policy can already tell apart cannot lift `shape` (README, "What limits PRPO here").
 
-    .venv/bin/python scripts/policy_shape_probe.py --ckpt logs/sft/latest   # ~2 min on 2 cores
+    .venv/bin/python analysis/policy_shape_probe.py --ckpt logs/sft/latest   # ~2 min on 2 cores
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ prints the accuracy on test videos. It isolates perception from the memory loop 
 shape object grew"). Data: shards of `videomem synth` with the radius under test, e.g.
 
     .venv/bin/python -m videomem.cli synth --out /tmp/r12 --train 6000 --val 0 --test 256 --shape-radius 12
-    .venv/bin/python scripts/shape_probe.py --root /tmp/r12 --radius 12 --n 6000 --steps 1500
+    .venv/bin/python analysis/shape_probe.py --root /tmp/r12 --radius 12 --n 6000 --steps 1500
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ object, n >= 2 wrong means the policy did not add two in one clip. It also split
 by whether the video has a clip with two or more such objects (the generator's `spread_count` makes
 those rare: about one `count` question in ten). README, "Where the `count` errors are".
 
-    .venv/bin/python scripts/count_errors.py sft.json prpo.json   # a few seconds
+    .venv/bin/python analysis/count_errors.py sft.json prpo.json   # a few seconds
 """
 
 from __future__ import annotations

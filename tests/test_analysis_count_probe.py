@@ -1,7 +1,12 @@
-"""scripts/count_probe.py finds the clips that add two counted objects and reads the digit the policy writes."""
+"""analysis/count_probe.py finds the clips that add two counted objects and reads the digit the policy writes."""
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
+import pytest
 import torch
 
 from tests.test_memory_loop import pixel_qa
@@ -9,6 +14,23 @@ from videomem.data.types import VideoQA
 from videomem.memory.loop import step_messages
 from videomem.memory.prompt import format_target
 from videomem.model.policy import build_policy
+
+# analysis/ probes of the synthetic task: out of the default test run (`-m slow` runs them)
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def script():
+    """``script("count_probe")`` imports ``analysis/count_probe.py`` (not a package)."""
+
+    def load(name: str) -> ModuleType:
+        path = Path(__file__).resolve().parents[1] / "analysis" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
 
 
 def _qa(memories: list[str], side: int, category: str = "count") -> VideoQA:
