@@ -6,7 +6,7 @@ memory matches the oracle's, it classifies the step by n, the number of objects 
 that clip, and counts wrong memories: n = 0 wrong is an over-count, n = 1 wrong is mostly a missed
 object, n >= 2 wrong means the policy did not add two in one clip. It also splits the final accuracy
 by whether the video has a clip with two or more such objects (the generator's `spread_count` makes
-those rare: about one `count` question in ten). README, "Where the `count` errors are".
+those rare: about one `count` question in ten). docs/notes/cold_start.md, "Where the cold start's errors are".
 
     .venv/bin/python analysis/count_errors.py sft.json prpo.json   # a few seconds
 """

@@ -7,7 +7,7 @@ probability of the right count and of "one more than before" (the single-object 
 right count is the argmax (what greedy evaluation writes), and the chance that G samples hold it at
 least once (so that the group can reward it). `--min-added 1 --max-added 1` reads the one-object clips
 instead, where "two more" is the error. Comparing a cold start with its PRPO policy shows whether RL
-raised or lowered the right count there (README, "RL unlearns the two-object clips").
+raised or lowered the right count there (docs/notes/prpo_tuning.md).
 
     .venv/bin/python analysis/count_probe.py --ckpt logs/sft/latest   # ~10 s (one-object clips: ~1 min)
 """

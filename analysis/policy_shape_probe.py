@@ -8,7 +8,7 @@ regression, standardised features) trained on those hidden states from training 
 the policy's distribution over the four shape words there (entropy, p(right), and how often G = 8
 samples would all agree, i.e. give a group no learning signal). If the probe
 is not much better than the policy, the shape is not in the representation, and an RL stage that only
-reweights what the policy can already tell apart cannot lift `shape` (README, "What limits PRPO here").
+reweights what the policy can already tell apart cannot lift `shape` (docs/notes/prpo_tuning.md).
 
     .venv/bin/python analysis/policy_shape_probe.py --ckpt logs/sft/latest   # ~2 min on 2 cores
 """

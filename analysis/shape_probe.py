@@ -2,7 +2,7 @@
 
 Trains the tiny Qwen2.5-VL vision tower (the default config) plus a colour-conditioned attention pool
 and a linear head to name the shape of the `shape` question's object from the clip it appears in, and
-prints the accuracy on test videos. It isolates perception from the memory loop (README, "Why the
+prints the accuracy on test videos. It isolates perception from the memory loop (docs/notes/cold_start.md, "Why the
 shape object grew"). Data: shards of `videomem synth` with the radius under test, e.g.
 
     .venv/bin/python -m videomem.cli synth --out /tmp/r12 --train 6000 --val 0 --test 256 --shape-radius 12

@@ -66,7 +66,7 @@ class SynthConfig:
     radius: float = 9.0  # count / first / filler objects (px at `size`)
     speed: float = 1.0  # px per frame
     # The shape question's object. Larger than the rest: at 56x56 and 14-px patches a probe on the tiny
-    # vision tower stays at chance for radius 7 and passes 0.5 after ~10,000 examples at 12 (README).
+    # vision tower stays at chance for radius 7 and passes 0.5 after ~10,000 examples at 12 (docs/notes/cold_start.md).
     shape_radius: float = 12.0
     shape_speed: float = 1.0
     spread_count: bool = True  # counted objects in distinct clips while clips remain (False: may share)

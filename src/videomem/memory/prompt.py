@@ -6,7 +6,7 @@ and the frames of that clip only. The policy answers ``<memory>M_t</memory><answ
 
 ``parse_output`` is used by the memory loop, the TCR rewards and the evaluator alike, so a format
 judged valid during RL is judged valid at evaluation. It never guesses: an unparsable answer is
-``None`` and counts as wrong (benchmarks.md).
+``None`` and counts as wrong (docs/benchmarks.md).
 
 This module builds chat *messages*; turning them into tokens is the policy's job.
 """

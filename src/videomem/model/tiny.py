@@ -4,7 +4,7 @@ Nothing can be downloaded here, so the tiny policy brings its own tokenizer: byt
 encodes) trained deterministically on a small corpus, wrapped in ``PreTrainedTokenizerFast`` with the
 Qwen special tokens and a Qwen-like chat template. The configs build the *real* transformers classes
 (``Qwen2_5_VLForConditionalGeneration``, ``Qwen3VLForConditionalGeneration``) at toy sizes, obeying the
-rules in environment.md: ``mrope_section`` sums to head_dim / 2, vision ``out_hidden_size`` equals the
+rules the transformers configs need: ``mrope_section`` sums to head_dim / 2, vision ``out_hidden_size`` equals the
 text hidden size, ``bos_token_id=None``, special-token ids written into the config.
 
 This module does not build models or load checkpoints (see ``policy.py``).

@@ -1,7 +1,7 @@
 """Frames -> ``pixel_values_videos`` + ``video_grid_thw`` for Qwen2.5-VL / Qwen3-VL, in plain torch.
 
 The transformers ``*VideoProcessor`` classes need torchvision, which does not import beside the CPU
-torch here (environment.md). This reproduces their ``patchify`` exactly: rescale to [0, 1], normalise,
+torch on CPU-only installs. This reproduces their ``patchify`` exactly: rescale to [0, 1], normalise,
 pad the frame count to a multiple of the temporal patch by repeating the last frame, then cut patches
 in the vision tower's merge order (each run of merge^2 consecutive patches is one 2x2 block that the
 patch merger fuses into one LLM token).

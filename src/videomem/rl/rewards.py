@@ -186,7 +186,7 @@ class RewardConfig:
     # Whose <answer> the answer term scores at a clip before the last. "provisional" (paper): the
     # sample's own a_t against the final gold. "continuation" (beyond the paper): the final a_T of the
     # loop continued greedily from the sample's memory M_t to the last clip, so a memory is paid for
-    # the answer it leads to rather than for an early guess (README, "Scoring the memory").
+    # the answer it leads to rather than for an early guess (docs/notes/prpo_tuning.md, "Scoring a memory by where it leads").
     answer_target: str = "provisional"
 
     def __post_init__(self) -> None:
