@@ -14,11 +14,13 @@ from omegaconf import DictConfig
 
 from videomem import CONFIG_DIR
 from videomem.train.callbacks import point_latest
+from videomem.train.resume import check_ckpt_path
 from videomem.train.runner import train, validate
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="prpo")
 def main(cfg: DictConfig) -> float | None:
+    check_ckpt_path(cfg.get("ckpt_path"))
     if not cfg.prpo:
         module, metrics = validate(cfg)
         out = Path(cfg.callbacks.save_policy.dirpath)

@@ -66,6 +66,12 @@ class SavePolicy(Callback):
         pl_module.policy.save_pretrained(path, state_dict=state)
         return True
 
+    def state_dict(self) -> dict:
+        return {"best": self.best, "best_step": self.best_step}  # a resumed run keeps its best so far
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.best, self.best_step = state_dict["best"], state_dict["best_step"]
+
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.monitor is None or trainer.sanity_checking or self.monitor not in trainer.callback_metrics:
             return
