@@ -93,12 +93,14 @@ def set_global_rng_state(state: dict[str, Any]) -> None:
 
 
 def check_ckpt_path(ckpt_path: str | None) -> None:
-    """Refuse a ``ckpt_path`` that is not a file, in one line, before anything is built.
+    """Refuse a ``ckpt_path`` that does not exist, in one line, before anything is built.
+
+    A sharded checkpoint is a directory; Lightning's own names (``last``, ``best``, ...) pass through.
 
     Raises:
         SystemExit: With a message naming the path (Hydra prints it without a traceback).
     """
-    if ckpt_path is None or Path(ckpt_path).is_file():
+    if ckpt_path is None or ckpt_path in ("last", "best", "hpc", "registry") or Path(ckpt_path).exists():
         return
     raise SystemExit(
         f"ckpt_path: no checkpoint at {ckpt_path} (a run writes <run dir>/checkpoints/last.ckpt at the end "
