@@ -4,7 +4,10 @@ Training: resampled shards (each rank and DataLoader worker draws shards from it
 wds.ResampledShards(deterministic=True) seeded with rank * 1000 + worker, the seed and the epoch), a seeded
 sample shuffle over raw (still encoded) videos, decoding in the workers, then `with_epoch` so every
 rank and worker yields the same number of questions: DDP ranks never wait on each other at epoch end.
-Rank and worker splitting is implicit in the per-(rank, worker) resampling seeds.
+Rank and worker splitting is implicit in the per-(rank, worker) resampling seeds. A pass (epoch) of
+the stream depends on the seeds and its index alone, so the datamodule's ``state_dict`` (pass, batches
+consumed) is all a Lightning checkpoint needs to resume it exactly (``TrainStream``): the resumed run
+decodes and drops the consumed part of the pass (a few seconds for a whole tiny-default SFT epoch).
 
 Validation / test: deterministic and unshuffled, every question exactly once over all ranks and
 workers. When there are at least as many shards as consumers (ranks x workers) the shards are split
@@ -384,7 +387,10 @@ class VideoQADataModule(L.LightningDataModule):
         """(first pass, batches of it to skip) for the training stream about to be built."""
         if self._resume is None:
             return 0, 0
-        state, self._resume = self._resume, None  # once: a rebuilt stream starts from pass 0, as without resume
+        state, self._resume = (
+            self._resume,
+            None,
+        )  # once: a rebuilt stream starts from pass 0, as without resume
         now = {
             "batches_per_pass": batches_per_pass,
             "workers": workers,
