@@ -164,7 +164,7 @@ class PRPOModule(LightningModule):
         checkpoint["rollout_generator"] = gather_per_rank(state)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        state = this_rank(checkpoint.get("rollout_generator", [None]), self.global_rank)
+        state = this_rank(checkpoint.get("rollout_generator", []), self.global_rank)
         if state is not None:
             self._generator = torch.Generator(device="cpu")
             self._generator.set_state(state)

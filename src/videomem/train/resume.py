@@ -44,8 +44,9 @@ def gather_per_rank(obj: Any) -> list[Any]:
 
 
 def this_rank(per_rank: list[Any], rank: int) -> Any:
-    """This rank's entry of a ``gather_per_rank`` list; rank 0's when the world has grown since the save."""
-    return per_rank[rank] if rank < len(per_rank) else per_rank[0]
+    """This rank's entry of a ``gather_per_rank`` list; None for a rank the saving run did not have (the
+    world has grown: that rank keeps its fresh seeds, and the resumed run is not the interrupted one)."""
+    return per_rank[rank] if rank < len(per_rank) else None
 
 
 def plain(obj: Any) -> Any:
@@ -124,8 +125,9 @@ class ResumeState(Callback):
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._to_restore is None:
             return
-        set_global_rng_state(this_rank(self._to_restore, trainer.global_rank))
-        self._to_restore = None
+        state, self._to_restore = this_rank(self._to_restore, trainer.global_rank), None
+        if state is not None:
+            set_global_rng_state(state)
         log.info("resumed at step %d: global RNG states restored", trainer.global_step)
 
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict) -> None:

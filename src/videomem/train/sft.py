@@ -140,8 +140,9 @@ class SFTModule(LightningModule):
         checkpoint["sft_step_rng"] = gather_per_rank(self._rng.getstate())  # steps_per_question's draws
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        if "sft_step_rng" in checkpoint:
-            version, internal, gauss = this_rank(checkpoint["sft_step_rng"], self.global_rank)
+        state = this_rank(checkpoint.get("sft_step_rng", []), self.global_rank)
+        if state is not None:
+            version, internal, gauss = state
             self._rng.setstate((version, tuple(internal), gauss))
 
     def configure_optimizers(self):
