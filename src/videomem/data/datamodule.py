@@ -188,13 +188,9 @@ class TrainStream(IterableDataset):
         start_pass: int = 0,
         skip_batches: int = 0,
     ) -> None:
-        self.pipeline, self.per_worker, self.batch_size, self.workers = (
-            pipeline,
-            per_worker,
-            batch_size,
-            workers,
-        )
-        self.worker, self.start_pass, self.skip_batches = worker, start_pass, skip_batches
+        self.pipeline, self.per_worker, self.batch_size = pipeline, per_worker, batch_size
+        self.workers, self.worker = workers, worker
+        self.start_pass, self.skip_batches = start_pass, skip_batches
         self._resuming = skip_batches > 0  # per process: each worker holds its own copy
 
     def __len__(self) -> int:
@@ -295,6 +291,7 @@ class VideoQADataModule(L.LightningDataModule):
         self.frame_size = tuple(frame_size) if frame_size is not None else None
         self.decoders: dict[str, VideoQADecoder] = {}
         self._resume: dict[str, int] | None = None  # training stream position from a checkpoint
+        self._stream_shape: dict[str, int] | None = None  # of the training stream, once built
 
     @property
     def skipped(self) -> int:
@@ -316,18 +313,6 @@ class VideoQADataModule(L.LightningDataModule):
             persistent_workers=hp.num_workers > 0,  # keeps the resampling epoch counter moving
         )
 
-    def _stream_shape(self, world: int) -> tuple[int, int]:
-        """(questions per pass per worker, DataLoader workers >= 1) of the training stream."""
-        hp = self.hparams
-        total = (
-            hp.epoch_length
-            if hp.epoch_length is not None
-            else count_questions(expand_shards(hp.train_shards))
-        )
-        workers = max(1, hp.num_workers)
-        # per worker: a whole number of batches, identical on every rank
-        return max(1, math.ceil(total / (world * workers * hp.batch_size))) * hp.batch_size, workers
-
     def train_dataset(self) -> TrainStream:
         """The training stream (also usable without a Trainer); after ``load_state_dict`` it starts where
         the checkpoint's stream stopped."""
@@ -336,8 +321,12 @@ class VideoQADataModule(L.LightningDataModule):
             raise ValueError("train_shards is not set")
         urls = expand_shards(hp.train_shards)
         rank, world = rank_and_world(self.trainer)
-        per_worker, workers = self._stream_shape(world)
-        start_pass, skip = self._start(per_worker * workers // hp.batch_size, workers)
+        total = hp.epoch_length if hp.epoch_length is not None else count_questions(urls)
+        workers = max(1, hp.num_workers)
+        # per worker: a whole number of batches, identical on every rank
+        per_worker = max(1, math.ceil(total / (world * workers * hp.batch_size))) * hp.batch_size
+        self._stream_shape = {"batches_per_pass": per_worker * workers // hp.batch_size, "workers": workers}
+        start_pass, skip = self._start()
         worker = WorkerMap()
         shards = wds.ResampledShards(
             urls, seed=hp.seed, worker_seed=WorkerSeed(rank, worker), deterministic=True
@@ -362,14 +351,12 @@ class VideoQADataModule(L.LightningDataModule):
         """Where the training stream stands: pass (= epoch) and batches consumed in it, with the stream's
         shape; saved by Lightning in every checkpoint of a ``fit`` ({} outside one)."""
         trainer = self.trainer
-        if trainer is None or self.hparams.train_shards is None or trainer.state.fn != "fit":
+        if trainer is None or self._stream_shape is None or trainer.state.fn != "fit":
             return {}
-        per_worker, workers = self._stream_shape(trainer.world_size)
         return {
             "pass": trainer.current_epoch,
             "batches": trainer.fit_loop.epoch_loop.batch_progress.current.processed,
-            "batches_per_pass": per_worker * workers // self.hparams.batch_size,
-            "workers": workers,
+            **self._stream_shape,
             "batch_size": self.hparams.batch_size,
         }
 
@@ -383,30 +370,24 @@ class VideoQADataModule(L.LightningDataModule):
             "ignore", message="You're resuming from a checkpoint that ended before the epoch"
         )
 
-    def _start(self, batches_per_pass: int, workers: int) -> tuple[int, int]:
-        """(first pass, batches of it to skip) for the training stream about to be built."""
-        if self._resume is None:
+    def _start(self) -> tuple[int, int]:
+        """(first pass, batches of it to skip) of the training stream being built; (0, 0) unless resuming.
+
+        Used once: a stream rebuilt later starts from pass 0, as it would without a resume.
+        """
+        state, self._resume = self._resume, None
+        if state is None:
             return 0, 0
-        state, self._resume = (
-            self._resume,
-            None,
-        )  # once: a rebuilt stream starts from pass 0, as without resume
-        now = {
-            "batches_per_pass": batches_per_pass,
-            "workers": workers,
-            "batch_size": self.hparams.batch_size,
-        }
-        changed = {k: (state[k], v) for k, v in now.items() if state[k] != v}
+        now = {**self._stream_shape, "batch_size": self.hparams.batch_size}
+        changed = ", ".join(f"{k} {state[k]} -> {v}" for k, v in now.items() if state[k] != v)
         if changed:
             log.warning(
                 "training stream settings changed since the checkpoint (%s): the resumed run does not see "
                 "the questions the interrupted one would have",
-                ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items()),
+                changed,
             )
-        start_pass, skip = (
-            state["pass"] + state["batches"] // batches_per_pass,
-            state["batches"] % batches_per_pass,
-        )
+        per_pass = now["batches_per_pass"]
+        start_pass, skip = state["pass"] + state["batches"] // per_pass, state["batches"] % per_pass
         log.info(
             "training stream resumes at pass %d after %d batches (skipped by decoding)", start_pass, skip
         )
