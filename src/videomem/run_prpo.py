@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 from videomem import CONFIG_DIR
 from videomem.cli import UserError, check_shards, one_line_errors
 from videomem.train.callbacks import point_latest
+from videomem.train.resume import check_ckpt_path
 from videomem.train.runner import train, validate
 
 
@@ -35,6 +36,7 @@ def main(cfg: DictConfig) -> float | None:
     check_cold_start(cfg)
     for split in ("train_shards", "val_shards"):
         check_shards(f"data.{split}", cfg.data.get(split))
+    check_ckpt_path(cfg.get("ckpt_path"))
     if not cfg.prpo:
         module, metrics = validate(cfg)
         out = Path(cfg.callbacks.save_policy.dirpath)

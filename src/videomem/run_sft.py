@@ -7,6 +7,7 @@ from omegaconf import DictConfig
 
 from videomem import CONFIG_DIR
 from videomem.cli import check_shards, one_line_errors
+from videomem.train.resume import check_ckpt_path
 from videomem.train.runner import train
 
 
@@ -15,6 +16,7 @@ from videomem.train.runner import train
 def main(cfg: DictConfig) -> float | None:
     for split in ("train_shards", "val_shards"):
         check_shards(f"data.{split}", cfg.data.get(split))
+    check_ckpt_path(cfg.get("ckpt_path"))
     metrics = train(cfg)
     return metrics.get(cfg.get("optimized_metric", ""))
 

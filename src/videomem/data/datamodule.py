@@ -4,7 +4,10 @@ Training: resampled shards (each rank and DataLoader worker draws shards from it
 wds.ResampledShards(deterministic=True) seeded with rank * 1000 + worker, the seed and the epoch), a seeded
 sample shuffle over raw (still encoded) videos, decoding in the workers, then `with_epoch` so every
 rank and worker yields the same number of questions: DDP ranks never wait on each other at epoch end.
-Rank and worker splitting is implicit in the per-(rank, worker) resampling seeds.
+Rank and worker splitting is implicit in the per-(rank, worker) resampling seeds. A pass (epoch) of
+the stream depends on the seeds and its index alone, so the datamodule's ``state_dict`` (pass, batches
+consumed) is all a Lightning checkpoint needs to resume it exactly (``TrainStream``): the resumed run
+decodes and drops the consumed part of the pass (a few seconds for a whole tiny-default SFT epoch).
 
 Validation / test: deterministic and unshuffled, every question exactly once over all ranks and
 workers. When there are at least as many shards as consumers (ranks x workers) the shards are split
@@ -24,12 +27,14 @@ Deliberately not here: tokenisation, model-specific resizing rules (pass `frame_
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
 import os
 import random
 import tarfile
+import warnings
 from collections.abc import Iterator
 
 import lightning as L
@@ -73,6 +78,18 @@ def _worker() -> tuple[int, int]:
     return (info.id, info.num_workers) if info is not None else (0, 1)
 
 
+class WorkerMap:
+    """Which worker's stream this DataLoader worker serves: its own, or, in the first pass after a resume
+    mid-pass, that of worker ``(worker + offset) % workers`` (see ``TrainStream``)."""
+
+    def __init__(self) -> None:
+        self.offset = 0
+
+    def __call__(self) -> int:
+        worker, workers = _worker()
+        return (worker + self.offset) % workers
+
+
 class WorkerSeed:
     """Picklable seed of a (rank, worker) stream: rank * 1000 + worker, as wds.pytorch_worker_seed.
 
@@ -80,11 +97,12 @@ class WorkerSeed:
     and webdataset's own lookup would give every rank the same stream.
     """
 
-    def __init__(self, rank: int) -> None:
+    def __init__(self, rank: int, worker: WorkerMap | None = None) -> None:
         self.rank = rank
+        self.worker = worker or WorkerMap()
 
     def __call__(self) -> int:
-        return self.rank * 1000 + _worker()[0]
+        return self.rank * 1000 + self.worker()
 
 
 class CategoryKeep:
@@ -95,18 +113,26 @@ class CategoryKeep:
     is reproducible. Evaluation never goes through it.
     """
 
-    def __init__(self, keep: dict[str, float], seed: int = 0, rank: int = 0) -> None:
+    def __init__(
+        self,
+        keep: dict[str, float],
+        seed: int = 0,
+        rank: int = 0,
+        worker: WorkerMap | None = None,
+        passes: int = 0,
+    ) -> None:
         if not all(0.0 <= p <= 1.0 for p in keep.values()):
             raise ValueError(f"keep probabilities must lie in [0, 1], got {keep}")
         self.keep = dict(keep)
-        self.seed, self.rank, self.passes = seed, rank, 0
+        self.seed, self.rank, self.passes = seed, rank, passes
+        self.worker = worker or WorkerMap()
 
     #: Consecutive dropped questions after which the keep map is taken to drop everything (the resampled
     #: training stream is endless, so it would otherwise spin without ever filling a batch).
     max_dropped_in_a_row = 10_000
 
     def __call__(self, questions: Iterator[VideoQA]) -> Iterator[VideoQA]:
-        rng = random.Random(f"{self.seed}/{self.rank}/{_worker()[0]}/{self.passes}")
+        rng = random.Random(f"{self.seed}/{self.rank}/{self.worker()}/{self.passes}")
         self.passes += 1
         dropped = 0
         for qa in questions:
@@ -120,6 +146,56 @@ class CategoryKeep:
                         f"category_keep {self.keep} dropped {dropped} training questions in a row: it "
                         "leaves no category of these shards with a probability > 0"
                     )
+
+
+class TrainStream(IterableDataset):
+    """The training pipeline of one (rank, worker): one pass (a Lightning "epoch") per ``iter``, able to
+    start in the middle of a pass (exact resume after a kill).
+
+    Pass p of every stream is fixed by the seeds and p alone (ResampledShards, detshuffle and
+    CategoryKeep are re-seeded per pass, nothing else carries over), so the state of the whole
+    training stream is (pass, batches consumed in it). The first pass of this object is
+    ``start_pass``, and in it each worker first drops (decodes and discards) what it had served of the
+    first ``skip_batches`` batches. The DataLoader takes batch i of a pass from worker i % W, so in that
+    pass worker w serves the stream of worker (w + skip_batches) % W (``WorkerMap``): the batches then
+    come in the order the killed run would have seen them.
+
+    Args:
+        pipeline: The pass's pipeline (``with_epoch(per_worker)``), built on ``worker``'s seeds.
+        per_worker: Questions per pass per worker (a whole number of batches).
+        batch_size: Questions per batch.
+        workers: DataLoader workers (1 for none).
+        worker: The map the pipeline's seeds read their worker index from.
+        start_pass, skip_batches: Where the first pass starts.
+    """
+
+    def __init__(
+        self,
+        pipeline: wds.DataPipeline,
+        per_worker: int,
+        batch_size: int,
+        workers: int,
+        worker: WorkerMap,
+        start_pass: int = 0,
+        skip_batches: int = 0,
+    ) -> None:
+        self.pipeline, self.per_worker, self.batch_size = pipeline, per_worker, batch_size
+        self.workers, self.worker = workers, worker
+        self.start_pass, self.skip_batches = start_pass, skip_batches
+        self._resuming = skip_batches > 0  # per process: each worker holds its own copy
+
+    def __len__(self) -> int:
+        return self.per_worker * self.workers
+
+    def __iter__(self) -> Iterator[VideoQA]:
+        skip = 0
+        self.worker.offset = 0
+        if self._resuming:
+            self._resuming = False
+            self.worker.offset = self.skip_batches % self.workers
+            served = len(range(self.worker(), self.skip_batches, self.workers))  # batches of its stream
+            skip = served * self.batch_size
+        return itertools.islice(iter(self.pipeline), skip, None)
 
 
 class EvalStream(IterableDataset):
@@ -206,6 +282,8 @@ class VideoQADataModule(L.LightningDataModule):
         self.save_hyperparameters()
         self.frame_size = tuple(frame_size) if frame_size is not None else None
         self.decoders: dict[str, VideoQADecoder] = {}
+        self._resume: dict[str, int] | None = None  # training stream position from a checkpoint
+        self._stream_shape: dict[str, int] | None = None  # of the training stream, once built
 
     @property
     def skipped(self) -> int:
@@ -227,8 +305,9 @@ class VideoQADataModule(L.LightningDataModule):
             persistent_workers=hp.num_workers > 0,  # keeps the resampling epoch counter moving
         )
 
-    def train_dataset(self) -> wds.DataPipeline:
-        """The training pipeline (also usable without a Trainer)."""
+    def train_dataset(self) -> TrainStream:
+        """The training stream (also usable without a Trainer); after ``load_state_dict`` it starts where
+        the checkpoint's stream stopped."""
         hp = self.hparams
         if hp.train_shards is None:
             raise ValueError("train_shards is not set")
@@ -238,15 +317,73 @@ class VideoQADataModule(L.LightningDataModule):
         workers = max(1, hp.num_workers)
         # per worker: a whole number of batches, identical on every rank
         per_worker = max(1, math.ceil(total / (world * workers * hp.batch_size))) * hp.batch_size
+        self._stream_shape = {"batches_per_pass": per_worker * workers // hp.batch_size, "workers": workers}
+        start_pass, skip = self._start()
+        worker = WorkerMap()
+        shards = wds.ResampledShards(
+            urls, seed=hp.seed, worker_seed=WorkerSeed(rank, worker), deterministic=True
+        )
+        shards.epoch = start_pass - 1  # every iter advances it first
         pipeline = wds.DataPipeline(
-            wds.ResampledShards(urls, seed=hp.seed, worker_seed=WorkerSeed(rank), deterministic=True),
+            shards,
             wds.tarfile_to_samples(handler=log_and_continue),
-            wds.detshuffle(hp.shuffle_buffer, initial=min(hp.shuffle_buffer, 16), seed=hp.seed),
+            wds.detshuffle(
+                hp.shuffle_buffer, initial=min(hp.shuffle_buffer, 16), seed=hp.seed, epoch=start_pass - 1
+            ),
             self._decoder("train"),
         )
         if hp.category_keep:
-            pipeline.append(CategoryKeep(dict(hp.category_keep), hp.seed, rank))
-        return pipeline.with_epoch(per_worker).with_length(per_worker * workers, silent=True)
+            pipeline.append(CategoryKeep(dict(hp.category_keep), hp.seed, rank, worker, passes=start_pass))
+        return TrainStream(
+            pipeline.with_epoch(per_worker), per_worker, hp.batch_size, workers, worker, start_pass, skip
+        )
+
+    # ---- exact resume: the training stream's position in Lightning checkpoints --------------------
+    def state_dict(self) -> dict[str, int]:
+        """Where the training stream stands: pass (= epoch) and batches consumed in it, with the stream's
+        shape; saved by Lightning in every checkpoint of a ``fit`` ({} outside one)."""
+        trainer = self.trainer
+        if trainer is None or self._stream_shape is None or trainer.state.fn != "fit":
+            return {}
+        return {
+            "pass": trainer.current_epoch,
+            "batches": trainer.fit_loop.epoch_loop.batch_progress.current.processed,
+            **self._stream_shape,
+            "batch_size": self.hparams.batch_size,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        """Make the next ``train_dataset`` continue the checkpoint's stream (``TrainStream``)."""
+        if not state_dict:
+            return
+        self._resume = dict(state_dict)
+        # the stream resumes exactly, which Lightning cannot see for an IterableDataset
+        warnings.filterwarnings(
+            "ignore", message="You're resuming from a checkpoint that ended before the epoch"
+        )
+
+    def _start(self) -> tuple[int, int]:
+        """(first pass, batches of it to skip) of the training stream being built; (0, 0) unless resuming.
+
+        Used once: a stream rebuilt later starts from pass 0, as it would without a resume.
+        """
+        state, self._resume = self._resume, None
+        if state is None:
+            return 0, 0
+        now = {**self._stream_shape, "batch_size": self.hparams.batch_size}
+        changed = ", ".join(f"{k} {state[k]} -> {v}" for k, v in now.items() if state[k] != v)
+        if changed:
+            log.warning(
+                "training stream settings changed since the checkpoint (%s): the resumed run does not see "
+                "the questions the interrupted one would have",
+                changed,
+            )
+        per_pass = now["batches_per_pass"]
+        start_pass, skip = state["pass"] + state["batches"] // per_pass, state["batches"] % per_pass
+        log.info(
+            "training stream resumes at pass %d after %d batches (skipped by decoding)", start_pass, skip
+        )
+        return start_pass, skip
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_dataset())

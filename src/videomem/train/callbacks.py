@@ -8,6 +8,7 @@ from pathlib import Path
 
 from lightning import Callback, LightningModule, Trainer
 
+from videomem.model.checkpoint import FrameGeometry
 from videomem.train.parallel import full_state_dict, is_sharded
 
 log = logging.getLogger(__name__)
@@ -63,8 +64,16 @@ class SavePolicy(Callback):
             state = {k.removeprefix("policy."): v for k, v in full.items() if k.startswith("policy.")}
         if not trainer.is_global_zero:
             return False
-        pl_module.policy.save_pretrained(path, state_dict=state)
+        # the frame geometry it was trained with, so `make eval` and `videomem answer` reuse it
+        geometry = FrameGeometry.from_data(trainer.datamodule) if trainer.datamodule is not None else None
+        pl_module.policy.save_pretrained(path, state_dict=state, geometry=geometry)
         return True
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "best_step": self.best_step}  # a resumed run keeps its best so far
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.best, self.best_step = state_dict["best"], state_dict["best_step"]
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.monitor is None or trainer.sanity_checking or self.monitor not in trainer.callback_metrics:

@@ -31,6 +31,7 @@ from videomem.rl.loss import chunked_token_logprobs, fused_grpo_loss, naive_grpo
 from videomem.rl.rewards import RewardConfig
 from videomem.rl.rollout import RolloutConfig, RolloutSample, prpo_rollout
 from videomem.train.parallel import gathered_for_generation, maybe_shard
+from videomem.train.resume import gather_per_rank, this_rank
 from videomem.train.validation import LoopValidation
 
 
@@ -142,6 +143,18 @@ class PRPOModule(LightningModule):
                 )
         finally:
             self.policy.train(was_training)
+
+    # ---- exact resume (videomem.train.resume) ---------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # the rollout generator (sampling and PSP selection) of every rank; None before the first rollout
+        state = self._generator.get_state() if self._generator is not None else None
+        checkpoint["rollout_generator"] = gather_per_rank(state)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = this_rank(checkpoint.get("rollout_generator", []), self.global_rank)
+        if state is not None:
+            self._generator = torch.Generator(device="cpu")
+            self._generator.set_state(state)
 
     # ---- update --------------------------------------------------------------------------------
     def _micro_loss(

@@ -26,6 +26,7 @@ from videomem.memory.loop import GenerationConfig, step_messages
 from videomem.memory.prompt import format_target
 from videomem.model.policy import Policy, PolicyInputs
 from videomem.train.parallel import maybe_shard
+from videomem.train.resume import gather_per_rank, this_rank
 from videomem.train.validation import LoopValidation
 
 
@@ -133,6 +134,16 @@ class SFTModule(LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self.validation.epoch_end(self, prefix="val")
+
+    # ---- exact resume (videomem.train.resume) ---------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["sft_step_rng"] = gather_per_rank(self._rng.getstate())  # steps_per_question's draws
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = this_rank(checkpoint.get("sft_step_rng", []), self.global_rank)
+        if state is not None:
+            version, internal, gauss = state
+            self._rng.setstate((version, tuple(internal), gauss))
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(params=[p for p in self.parameters() if p.requires_grad])
