@@ -64,7 +64,7 @@ eval: install ## Evaluate CKPT (default: synthetic test split; BENCH=<name> SHAR
 eval-clips: install ## Clip-count generalisation (Figure 5): accuracy of CKPT on test videos of T=1..8 clips
 	$(PY) -m videomem.cli clips --ckpt $(CKPT) $(ARGS)
 
-shards: install ## Import a benchmark as shards: BENCH=<videomme|lvbench|mlvu|longvideobench|egoschema> ANN= VIDEOS= OUT= [CLIPS=4]
+shards: install ## Import a benchmark as shards: BENCH=<videomme|lvbench|mlvu|longvideobench|egoschema|jsonl|llava> ANN= VIDEOS= OUT= [CLIPS=4]
 	$(PY) -m videomem.cli shards --bench $(BENCH) --ann $(ANN) --videos $(VIDEOS) --out $(OUT) --clips $(or $(CLIPS),4) $(ARGS)
 
 answer: install ## Answer a question about a real mp4 clip by clip (VIDEO=..., CKPT=...)

@@ -154,6 +154,10 @@ def main(argv: list[str] | None = None) -> int:
 
         return clips_main(argv[1:])
     if argv and argv[0] == "shards":
+        from videomem.data import importers  # --bench jsonl | llava: training sets (docs/data.md)
+
+        if importers.handles(argv[1:]):
+            return importers.main(argv[1:])
         from videomem.eval.importer import main as import_main
 
         return import_main(argv[1:])
