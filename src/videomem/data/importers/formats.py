@@ -235,6 +235,8 @@ def llava_turns(record: dict) -> list[tuple[str, str]]:
         ):
             raise RowError("conversations", f"turns {i}, {i + 1} are not a human turn then a gpt turn")
         pairs.append((str(h.get("value", "")), str(g.get("value", ""))))
+    if not pairs:
+        raise RowError("conversations", "no human turn followed by a gpt turn")
     return pairs
 
 
