@@ -22,11 +22,12 @@ log = logging.getLogger(__name__)
 
 def run(cfg: DictConfig) -> dict:
     """Build the teachers from ``cfg.teacher``, fill the memories, write the spot-check page; the summary."""
+    for noisy in ("httpx", "httpx2", "openai"):  # one INFO line per request otherwise
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     captioner = hydra.utils.instantiate(cfg.teacher.captioner)
     writer = hydra.utils.instantiate(cfg.teacher.writer)
     limit, which = memory_limiter(cfg.max_memory_tokens, cfg.memory_tokenizer, writer)
     log.info("memories cut to %d tokens of %s", cfg.max_memory_tokens, which)
-    size = cfg.teacher.frame_size
     summary = fill_memories(
         cfg.shards,
         cfg.out,
@@ -34,8 +35,8 @@ def run(cfg: DictConfig) -> dict:
         writer,
         Prompts(**cfg.prompts),
         limit,
-        frames_per_clip=cfg.teacher.frames_per_clip,
-        frame_size=tuple(size) if size is not None else None,
+        frames_per_clip=captioner.frames_per_clip,
+        frame_size=captioner.frame_size,
         batch_size=cfg.batch_size,
         max_questions=cfg.max_questions,
     )

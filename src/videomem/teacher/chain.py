@@ -32,11 +32,19 @@ EMPTY = "(none)"
 # Tags of the policy's output format and reasoning blocks: never part of a stored memory (the SFT target
 # wraps the memory in <memory> tags; a tag inside it would break the format it teaches).
 _THINK_RE = re.compile(r"<think>.*?(</think>|$)", re.DOTALL)
-_TAG_RE = re.compile(r"</?(memory|answer|think)>")
+# Special-token strings (``<|video_pad|>``, ``<|im_end|>``, ...) a server may return undecoded would become
+# real special tokens in the policy's prompt, so they go too.
+_TAG_RE = re.compile(r"</?(memory|answer|think)>|<\|[^|<>\s]*\|>")
 
 
 class Captioner(Protocol):
-    """Describes clips: per request (chat messages with text content, frames [F, H, W, 3] uint8)."""
+    """Describes clips: per request (chat messages with text content, frames [F, H, W, 3] uint8).
+
+    It shows ``frames_per_clip`` frames of each clip, decoded at ``frame_size`` (H, W) or as stored (None).
+    """
+
+    frames_per_clip: int
+    frame_size: tuple[int, int] | None
 
     def describe(self, requests: list[tuple[list[dict], torch.Tensor]]) -> list[str | Exception]: ...
 

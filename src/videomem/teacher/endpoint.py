@@ -110,8 +110,16 @@ class ChatEndpoint:
 class EndpointCaptioner:
     """Clip descriptions from a VLM endpoint; frames sent as JPEG images."""
 
-    def __init__(self, endpoint: ChatEndpoint, jpeg_quality: int = 90) -> None:
+    def __init__(
+        self,
+        endpoint: ChatEndpoint,
+        jpeg_quality: int = 90,
+        frames_per_clip: int = 8,
+        frame_size: tuple[int, int] | None = None,
+    ) -> None:
         self.endpoint, self.jpeg_quality = endpoint, jpeg_quality
+        self.frames_per_clip = frames_per_clip
+        self.frame_size = None if frame_size is None else (int(frame_size[0]), int(frame_size[1]))
 
     def describe(self, requests: list[tuple[list[dict], torch.Tensor]]) -> list[str | Exception]:
         return self.endpoint.map([with_frames(m, f, self.jpeg_quality) for m, f in requests])
@@ -127,9 +135,11 @@ class EndpointWriter:
         return self.endpoint.map(requests)
 
 
-def build_captioner(jpeg_quality: int = 90, **endpoint) -> EndpointCaptioner:
-    """Hydra factory: ``ChatEndpoint`` keyword arguments plus the JPEG quality."""
-    return EndpointCaptioner(ChatEndpoint(**endpoint), jpeg_quality=jpeg_quality)
+def build_captioner(
+    jpeg_quality: int = 90, frames_per_clip: int = 8, frame_size: list[int] | None = None, **endpoint
+) -> EndpointCaptioner:
+    """Hydra factory: ``ChatEndpoint`` keyword arguments, the JPEG quality, the frames sent per clip and their size."""
+    return EndpointCaptioner(ChatEndpoint(**endpoint), jpeg_quality, frames_per_clip, frame_size)
 
 
 def build_writer(**endpoint) -> EndpointWriter:

@@ -41,6 +41,11 @@ def _fit(frames: torch.Tensor, multiple: int) -> torch.Tensor:
     return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)  # [F, h, w, 3]
 
 
+def _size(frame_size) -> tuple[int, int] | None:
+    """[H, W] from a config (or None) as a tuple."""
+    return None if frame_size is None else (int(frame_size[0]), int(frame_size[1]))
+
+
 def _batches(n: int, size: int) -> list[range]:
     return [range(i, min(n, i + size)) for i in range(0, n, size)]
 
@@ -48,9 +53,18 @@ def _batches(n: int, size: int) -> list[range]:
 class LocalCaptioner:
     """A Qwen-VL ``Policy`` describing clips; frames resized to the model's patch multiple."""
 
-    def __init__(self, policy: Policy, *, batch_size: int = 4, max_new_tokens: int = 256) -> None:
+    def __init__(
+        self,
+        policy: Policy,
+        *,
+        batch_size: int = 4,
+        max_new_tokens: int = 256,
+        frames_per_clip: int = 8,
+        frame_size: tuple[int, int] | None = None,
+    ) -> None:
         self.policy = policy.eval()
         self.batch_size, self.max_new_tokens = batch_size, max_new_tokens
+        self.frames_per_clip, self.frame_size = frames_per_clip, _size(frame_size)
 
     def describe(self, requests: list[tuple[list[dict], torch.Tensor]]) -> list[str | Exception]:
         out: list[str | Exception] = []
@@ -151,13 +165,24 @@ def build_captioner(
     seed: int = 0,
     batch_size: int = 4,
     max_new_tokens: int = 256,
+    frames_per_clip: int = 8,
+    frame_size: list[int] | None = None,
 ) -> LocalCaptioner:
-    """Hydra factory: a Qwen-VL checkpoint dir (``path``), or a tiny random ``arch`` policy when None."""
+    """Hydra factory: a Qwen-VL checkpoint dir (``path``), or a tiny random ``arch`` policy when None.
+
+    ``frames_per_clip`` frames of each clip are decoded at ``frame_size`` [H, W] (None: as stored) for it.
+    """
     if path is not None:
         policy = Policy.from_pretrained(_local_dir(path), dtype=dtype)
     else:
         policy = build_policy(arch, seed=seed, liger_kernels=False)
-    return LocalCaptioner(policy.to(device), batch_size=batch_size, max_new_tokens=max_new_tokens)
+    return LocalCaptioner(
+        policy.to(device),
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        frames_per_clip=frames_per_clip,
+        frame_size=frame_size,
+    )
 
 
 def build_writer(
