@@ -143,7 +143,10 @@ def test_endpoint_retries_with_backoff_then_fails_one_request_only():
     start = time.perf_counter()
     assert ep.complete([{"role": "user", "content": "hi"}]) == "re: hi"
     assert client.calls == 3 and time.perf_counter() - start >= 0.05 + 0.1  # slept 0.05 then 0.1
-    ep = endpoint.ChatEndpoint("unused", "m", retries=1, backoff=0.0, client=FlakyClient(failures=2))
+    # one at a time, so the order of the calls is known: 'a' fails twice (retries spent), then 'bad'
+    ep = endpoint.ChatEndpoint(
+        "unused", "m", retries=1, backoff=0.0, max_in_flight=1, client=FlakyClient(failures=2)
+    )
     out = ep.map([[{"role": "user", "content": "a"}], [{"role": "user", "content": "bad"}]])
     assert isinstance(out[0], openai.APIConnectionError) and isinstance(out[1], ValueError)
     assert ep.client.calls == 3  # 'a' tried twice; the client error was not retried
@@ -151,7 +154,7 @@ def test_endpoint_retries_with_backoff_then_fails_one_request_only():
 
 @pytest.mark.parametrize("max_in_flight", [1, 4])
 def test_endpoint_keeps_n_requests_in_flight(max_in_flight):
-    client = FlakyClient(failures=0, delay=0.05)
+    client = FlakyClient(failures=0, delay=0.1)
     writer = endpoint.EndpointWriter(
         endpoint.ChatEndpoint("u", "m", max_in_flight=max_in_flight, client=client)
     )

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
@@ -22,6 +23,12 @@ log = logging.getLogger(__name__)
 
 def run(cfg: DictConfig) -> dict:
     """Build the teachers from ``cfg.teacher``, fill the memories, write the spot-check page; the summary."""
+    if not cfg.shards or not cfg.out:
+        raise SystemExit("give the input shards and the output dir: make memories SHARDS=<dir> OUT=<dir>")
+    if Path(str(cfg.shards)).resolve() == Path(str(cfg.out)).resolve():
+        raise SystemExit(
+            f"OUT must differ from SHARDS ({cfg.out}): the input shards are read, never rewritten"
+        )
     for noisy in ("httpx", "httpx2", "openai"):  # one INFO line per request otherwise
         logging.getLogger(noisy).setLevel(logging.WARNING)
     captioner = hydra.utils.instantiate(cfg.teacher.captioner)
