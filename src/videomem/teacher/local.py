@@ -96,8 +96,12 @@ class LocalWriter:
         batch_size: int = 8,
         max_new_tokens: int = 256,
         min_new_tokens: int = 0,
+        chat_template_kwargs: dict | None = None,
     ) -> None:
         self.model, self.tokenizer = model.eval(), tokenizer
+        self.chat_template_kwargs = dict(
+            chat_template_kwargs or {}
+        )  # e.g. {"enable_thinking": False} for Qwen3
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
@@ -110,7 +114,7 @@ class LocalWriter:
             try:
                 texts = [
                     self.tokenizer.apply_chat_template(
-                        requests[i], tokenize=False, add_generation_prompt=True
+                        requests[i], tokenize=False, add_generation_prompt=True, **self.chat_template_kwargs
                     )
                     for i in rows
                 ]
@@ -193,6 +197,7 @@ def build_writer(
     batch_size: int = 8,
     max_new_tokens: int = 256,
     min_new_tokens: int = 0,
+    chat_template_kwargs: dict | None = None,
 ) -> LocalWriter:
     """Hydra factory: a causal-LM checkpoint dir (``path``), or the tiny random Qwen2 when None."""
     if path is not None:
@@ -207,6 +212,7 @@ def build_writer(
         batch_size=batch_size,
         max_new_tokens=max_new_tokens,
         min_new_tokens=min_new_tokens,
+        chat_template_kwargs=chat_template_kwargs,
     )
 
 
