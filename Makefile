@@ -36,7 +36,7 @@ RESUME_ARGS := $(if $(RESUME),ckpt_path=$(RESUME)/checkpoints/last.ckpt)
 ANSWER_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo data sft prpo ablate compare eval eval-clips shards answer export test bench lint format clean
+.PHONY: help install demo data sft prpo ablate compare eval eval-clips shards memories answer export test bench lint format clean
 
 help: ## List every target with one line each
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -81,8 +81,11 @@ eval: install ## Evaluate CKPT (default: synthetic test split; BENCH=<name> SHAR
 eval-clips: install ## Clip-count generalisation (Figure 5): accuracy of CKPT on test videos of T=1..8 clips
 	$(PY) -m videomem.cli clips --ckpt $(CKPT) $(ARGS)
 
-shards: install ## Import a benchmark as shards: BENCH=<videomme|lvbench|mlvu|longvideobench|egoschema> ANN= VIDEOS= OUT= [CLIPS=4]
+shards: install ## Import a benchmark as shards: BENCH=<videomme|lvbench|mlvu|longvideobench|egoschema|jsonl|llava> ANN= VIDEOS= OUT= [CLIPS=4]
 	$(PY) -m videomem.cli shards --bench $(BENCH) --ann $(ANN) --videos $(VIDEOS) --out $(OUT) --clips $(or $(CLIPS),4) $(ARGS)
+
+memories: install ## Teacher memory chains for shards: SHARDS=dir OUT=dir [ARGS="teacher=tiny|local|openai ..."] (docs/data.md)
+	$(PY) -m videomem.run_memories shards=$(SHARDS) out=$(OUT) $(ARGS)
 
 answer: install ## Answer a question about a real mp4 clip by clip (VIDEO=..., CKPT=...)
 	$(PY) -m videomem.cli answer $(or $(VIDEO),$$($(PY) -c 'from videomem.cli import sample_video; print(sample_video())')) \

@@ -2,7 +2,7 @@
 
   videomem synth   --out data/synthetic ...        synthetic long-video QA shards
   videomem clips   --ckpt DIR [--clips 1 .. 8]     accuracy per clip count (Figure 5)
-  videomem shards  --bench NAME --ann A --videos DIR --out DIR [--clips T]   benchmark -> shards
+  videomem shards  --bench NAME --ann A --videos DIR --out DIR [--clips T]   benchmark or jsonl/llava -> shards
   videomem answer  VIDEO --question Q --option O (x N) [--clips T] [--checkpoint DIR]
   videomem export  CKPT OUT_DIR [--dtype bfloat16]   policy dir / Lightning .ckpt / sharded ckpt -> transformers dir
   videomem compare SWEEP [--out DIR] [--threshold X]   ablation sweep -> Markdown table + PNG curves
@@ -245,6 +245,14 @@ def _passthrough(module: str) -> Callable[[argparse.Namespace], int]:
     return cmd
 
 
+def cmd_shards(args: argparse.Namespace) -> int:
+    """``--bench jsonl | llava``: a training set (docs/data.md); any other name: a benchmark."""
+    from videomem.data import importers
+
+    module = "videomem.data.importers" if importers.handles(args.rest) else "videomem.eval.importer"
+    return _passthrough(module)(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="videomem", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -253,11 +261,11 @@ def build_parser() -> argparse.ArgumentParser:
     # synth, shards and compare: their modules parse their own options (`videomem synth --help`)
     for name, module, text in [
         ("synth", "videomem.data.synthetic", "write synthetic long-video QA shards"),
-        ("shards", "videomem.eval.importer", "import a benchmark (Video-MME, LVBench, ...) as shards"),
+        ("shards", None, "import a benchmark or a training set (jsonl, llava) as shards"),
         ("compare", "videomem.eval.compare", "table + curves of an ablation sweep"),
     ]:
         p = sub.add_parser(name, help=text, add_help=False)
-        p.set_defaults(func=_passthrough(module), passthrough=True)
+        p.set_defaults(func=_passthrough(module) if module else cmd_shards, passthrough=True)
 
     from videomem.eval.clip_sweep import add_arguments
 

@@ -65,7 +65,8 @@ class SavePolicy(Callback):
         if not trainer.is_global_zero:
             return False
         # the frame geometry it was trained with, so `make eval` and `videomem answer` reuse it
-        geometry = FrameGeometry.from_data(trainer.datamodule) if trainer.datamodule is not None else None
+        data = getattr(trainer, "datamodule", None)
+        geometry = FrameGeometry.from_data(data) if data is not None else None
         pl_module.policy.save_pretrained(path, state_dict=state, geometry=geometry)
         return True
 

