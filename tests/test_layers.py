@@ -9,6 +9,7 @@ The layers, lowest first:
 - ``model`` wraps the VLM (it may use the synthetic vocabulary from ``data``);
 - ``memory`` is the clip-by-clip engine (prompt, parser, loop) and knows nothing of rewards;
 - ``rl`` holds PRPO's pieces (rewards, advantages, rollouts, losses) and never the trainer;
+  ``teacher`` (the chain-of-memory teachers that fill shards with memories) shares its level;
 - ``eval`` measures a policy with the memory loop (metrics, benchmarks, evaluation);
 - ``train`` sits above ``eval``: the Lightning modules validate with the evaluation's metrics, and
   evaluation never imports training;
@@ -42,6 +43,7 @@ LAYERS: dict[str, int] = {
     "model": 2,
     "memory": 3,
     "rl": 4,
+    "teacher": 4,  # the chain-of-memory teachers: data, model and memory below, nothing above
     "eval": 5,
     "train": 6,
     "cli": 7,
@@ -49,6 +51,7 @@ LAYERS: dict[str, int] = {
     "run_sft": 7,
     "run_prpo": 7,
     "run_eval": 7,
+    "run_memories": 7,
 }
 #: Files allowed to ask torch.distributed for a rank or a world size.
 WORLD_SIZE_LOOKUPS = {"data/distributed.py", "eval/metrics.py"}

@@ -31,6 +31,8 @@ import torch
 import torch.distributed as dist
 from lightning import Callback, LightningModule, Trainer
 
+from videomem.data.distributed import rank_and_world
+
 log = logging.getLogger(__name__)
 
 
@@ -38,7 +40,7 @@ def gather_per_rank(obj: Any) -> list[Any]:
     """``[obj of rank 0, obj of rank 1, ...]`` (a collective under torch.distributed, else ``[obj]``)."""
     if not (dist.is_available() and dist.is_initialized()):
         return [obj]
-    out: list[Any] = [None] * dist.get_world_size()
+    out: list[Any] = [None] * rank_and_world()[1]
     dist.all_gather_object(out, obj)
     return out
 
