@@ -249,3 +249,89 @@ def test_training_stream_without_a_usable_sample_stops_with_one_message(corpus, 
 
 def _rename(members: list, key: str) -> list:
     return [(key + name[name.index(".") :], data) for name, data in members]
+
+
+# --- the benchmark importer: bad video files are skipped and listed, bad annotations refused in one line
+
+
+def _row(video: str, qid: str, **over) -> dict:
+    row = {
+        "video_id": video,
+        "duration": "short",
+        "domain": "d",
+        "sub_category": "s",
+        "url": "",
+        "videoID": video,
+    }
+    row.update(question_id=qid, task_type="t", question="Which?", options=["A. x", "B. y", "C. z", "D. w"])
+    return {**row, "answer": "B", **over}
+
+
+BAD_VIDEO_FILES = {
+    "zero_bytes": b"",
+    "truncated": None,  # half of a good mp4 (set below)
+    "random_bytes": _RNG.bytes(4096),
+    "text": b"not a video at all\n",
+}
+
+
+@pytest.fixture(scope="module")
+def bench_videos(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("bench_videos")
+    good = encode_mp4(_RNG.integers(0, 256, (8, 24, 32, 3), dtype=np.uint8), fps=4.0)  # [F, H, W, 3]
+    (root / "good.mp4").write_bytes(good)
+    for name, data in BAD_VIDEO_FILES.items():
+        (root / f"{name}.mp4").write_bytes(good[: len(good) // 2] if data is None else data)
+    return root
+
+
+def test_importer_skips_and_lists_every_bad_video_file(bench_videos, tmp_path):
+    from videomem.eval.importer import import_benchmark
+
+    ann = tmp_path / "ann.json"
+    names = ["good", *BAD_VIDEO_FILES, "missing"]
+    ann.write_text(json.dumps([_row(v, f"{v}-1") for v in names]))
+    summary = _within(
+        DEADLINE_S,
+        lambda: import_benchmark(
+            "videomme", ann, bench_videos, tmp_path / "out", num_clips=2, frames_per_clip=2, max_side=16
+        ),
+    )
+    assert (summary["written"], summary["skipped"], summary["missing"]) == (1, 5, ["missing"])
+    assert sorted(f["video"] for f in summary["failed"]) == sorted(BAD_VIDEO_FILES)
+    assert all(f["error"] and "\n" not in f["error"] for f in summary["failed"])
+    skipped = json.loads((tmp_path / "out" / "skipped.json").read_text())
+    assert skipped == {"missing": ["missing"], "failed": summary["failed"]}
+
+
+BAD_ANNOTATIONS = {
+    "malformed_json": "[{",
+    "not_a_list": "5",
+    "row_without_question": json.dumps([{k: v for k, v in _row("good", "q").items() if k != "question"}]),
+    "options_null": json.dumps([_row("good", "q", options=None)]),
+    "no_options": json.dumps([_row("good", "q", options=[])]),
+    "answer_outside_options": json.dumps([_row("good", "q", answer="E")]),
+    "no_rows": "[]",
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_ANNOTATIONS))
+def test_importer_refuses_bad_annotations_with_one_line(bench_videos, tmp_path, capsys, case):
+    from videomem.eval.importer import main
+
+    ann = tmp_path / "ann.json"
+    ann.write_text(BAD_ANNOTATIONS[case])
+    argv = [
+        "--bench",
+        "videomme",
+        "--ann",
+        str(ann),
+        "--videos",
+        str(bench_videos),
+        "--out",
+        str(tmp_path / "o"),
+    ]
+    assert main([*argv, "--clips", "2", "--max-side", "16"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: videomme annotations") and str(ann) in err
+    assert not list((tmp_path / "o").glob("*.tar"))
