@@ -13,12 +13,14 @@ import hydra
 from omegaconf import DictConfig
 
 from videomem import CONFIG_DIR
+from videomem.config_check import check_config
 from videomem.train.callbacks import point_latest
 from videomem.train.runner import train, validate
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="prpo")
 def main(cfg: DictConfig) -> float | None:
+    check_config(cfg)  # every numeric setting in range, before anything is built
     if not cfg.prpo:
         module, metrics = validate(cfg)
         out = Path(cfg.callbacks.save_policy.dirpath)

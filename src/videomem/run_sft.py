@@ -6,11 +6,13 @@ import hydra
 from omegaconf import DictConfig
 
 from videomem import CONFIG_DIR
+from videomem.config_check import check_config
 from videomem.train.runner import train
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="sft")
 def main(cfg: DictConfig) -> float | None:
+    check_config(cfg)  # every numeric setting in range, before anything is built
     metrics = train(cfg)
     return metrics.get(cfg.get("optimized_metric", ""))
 
