@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 PKGS := torch==2.13.0 lightning==2.6.6 transformers==5.24.0 tokenizers==0.23.3 torchmetrics==1.9.0 \
 	hydra-core==1.3.8 omegaconf==2.3.1 webdataset==1.0.2 decord==0.6.0 av==18.1.0 tensorboard==2.21.0 \
 	liger-kernel==0.8.5 numpy==2.4.6 tqdm==4.70.1 pyarrow==26.0.1 matplotlib==3.11.2 pytest==9.2.0 \
-	ruff==0.17.6
+	ruff==0.17.6 hypothesis==6.170.27
 ARGS ?=
 CKPT ?= logs/sft/latest
 OUT ?=
