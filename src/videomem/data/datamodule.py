@@ -15,8 +15,11 @@ questions in shard order (it forces the per-video split, so the N are the same f
 Ranks may then get unequal counts: log validation metrics through torchmetrics (synced once at epoch
 end), not with per-step collectives.
 
-A video that fails to parse or decode is skipped with a warning and counted (`skipped`, per process);
-a truncated tar is skipped from the failing member on. Batches are plain lists of VideoQA (the model
+Bad data never stops or hangs a run: a video that fails to parse or decode, a question that breaks the
+schema, an empty shard and the rest of a truncated tar are skipped with a warning and counted
+(`skipped`: every process, DataLoader workers included; `skipped_samples`: the list, this process).
+The endless training stream stops with one `NoUsableDataError` when thousands of reads in a row give
+no question (skips.py: StreamGuard), e.g. when every training shard is empty. Batches are plain lists of VideoQA (the model
 layer tokenizes and patches); a batch may hold several questions of one video, sharing its frames.
 
 Deliberately not here: tokenisation, model-specific resizing rules (pass `frame_size`), writing shards.
@@ -25,7 +28,6 @@ Deliberately not here: tokenisation, model-specific resizing rules (pass `frame_
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import random
@@ -47,8 +49,6 @@ from videomem.data.shards import (
 )
 from videomem.data.skips import SkipLog, StreamGuard
 from videomem.data.types import VideoQA
-
-log = logging.getLogger(__name__)
 
 
 def collate_videoqa(batch: list[VideoQA]) -> list[VideoQA]:

@@ -24,6 +24,10 @@ unique within a shard. meta:
 Several questions may share a video: its clips are decoded once and the frame tensors shared.
 Extra keys travel to `VideoQA.meta` (video-level extras first, question-level extras override).
 
+Reading never trusts a shard: `validate_video` / `validate_question` check every json type, and the
+readers (`VideoQADecoder`, `iter_shard_videoqa`) skip a bad video, a bad question or the rest of a
+truncated tar, recording each in a `SkipLog` (skips.py: count and list, for `make eval` and the trainer).
+
 Deliberately not here: streaming, shuffling, worker splitting (datamodule.py), how clips are made
 (video.py), what questions mean (synthetic.py, eval importers).
 """
@@ -32,7 +36,6 @@ from __future__ import annotations
 
 import glob
 import json
-import logging
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -44,8 +47,6 @@ import webdataset as wds
 from videomem.data.skips import SkipLog
 from videomem.data.types import LETTERS, VideoQA
 from videomem.data.video import VideoDecodeError, decode_frames
-
-log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 _CLIP_FIELD = re.compile(r"^(\d+)\.mp4$")
@@ -214,27 +215,17 @@ def expand_shards(spec: str | Path | Sequence[str | Path]) -> list[str]:
     return paths
 
 
-def log_and_continue(exn: Exception) -> bool:
-    """WebDataset error handler: log the error and go on."""
-    log.warning("skipping unreadable shard data: %r", exn)
-    return True
-
-
-def iter_samples(
-    paths: str | Sequence[str], *, skip_bad_tar: bool = False, skips: SkipLog | None = None
-) -> Iterator[dict]:
+def iter_samples(paths: str | Sequence[str], *, skips: SkipLog | None = None) -> Iterator[dict]:
     """Raw WebDataset samples ({"__key__", "json", "000.mp4", ...}) of the shards, in order.
 
     Args:
         paths: Anything `expand_shards` accepts.
-        skip_bad_tar: Log and skip the rest of a truncated / unreadable tar instead of raising.
-        skips: Record unreadable or truncated tars and shards without samples here, and go on
-            (implies skip_bad_tar).
+        skips: Record an unreadable or truncated tar (the rest of it is skipped) and a shard without
+            samples here, and go on; None: raise on the first unreadable tar.
     """
     urls = expand_shards(paths)
     if skips is None:
-        handler = log_and_continue if skip_bad_tar else wds.reraise_exception
-        yield from wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples(handler=handler))
+        yield from wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples())
         return
     yield from wds.DataPipeline(
         wds.SimpleShardList(urls),
