@@ -19,8 +19,10 @@ Bad data never stops or hangs a run: a video that fails to parse or decode, a qu
 schema, an empty shard and the rest of a truncated tar are skipped with a warning and counted
 (`skipped`: every process, DataLoader workers included; `skipped_samples`: the list, this process).
 The endless training stream stops with one `NoUsableDataError` when thousands of reads in a row give
-no question (skips.py: StreamGuard), e.g. when every training shard is empty. Batches are plain lists of VideoQA (the model
-layer tokenizes and patches); a batch may hold several questions of one video, sharing its frames.
+no question (skips.py: StreamGuard), e.g. when every training shard is empty.
+
+Batches are plain lists of VideoQA (the model layer tokenizes and patches); a batch may hold several
+questions of one video, sharing its frames.
 
 Deliberately not here: tokenisation, model-specific resizing rules (pass `frame_size`), writing shards.
 """
