@@ -17,6 +17,7 @@ from videomem import CONFIG_DIR
 from videomem.config_check import RULES, ConfigError, Rule, check_config
 
 EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
+VARIANTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "variant").glob("*.yaml"))
 EVAL_KEYS = {"batch_size", "limit", "frames_per_clip", "generation.max_new_tokens", "backend", "frame_size"}
 
 
@@ -62,6 +63,11 @@ def test_shipped_configs_pass(bases, name):
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_passes(compose_cfg, experiment):
     check_config(compose_cfg("sft" if "sft" in experiment else "prpo", [f"experiment={experiment}"]))
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_ablation_variant_passes(compose_cfg, variant):
+    check_config(compose_cfg("prpo", [f"+variant={variant}"]))
 
 
 @pytest.mark.parametrize("key", sorted(RULES))
