@@ -234,10 +234,10 @@ def test_eval_counts_and_lists_the_videos_it_skips(compose_cfg, tmp_path, policy
     out = tmp_path / "r.json"
     result = run(eval_cfg(compose_cfg, policy_dir, bad, out))
     assert result["skipped"] == 1 and result["n"] == 6  # 2 of 3 videos, 3 questions each
-    (message,) = result["skipped_samples"]
-    assert broken.name.split(".")[0] in message
+    (skip,) = result["skipped_samples"]
+    assert skip["key"] == broken.name.split(".")[0] and skip["split"] == "test" and skip["reason"]
     saved = json.loads(out.read_text())
-    assert saved["skipped"] == 1 and saved["skipped_samples"] == [message]
+    assert saved["skipped"] == 1 and saved["skipped_samples"] == [skip]
     assert "| skipped | 1 |" in out.with_suffix(".md").read_text()
 
 

@@ -52,6 +52,7 @@ LAYERS: dict[str, int] = {
     "run_prpo": 7,
     "run_eval": 7,
     "run_memories": 7,
+    "config_check": 7,  # the start-up check of a run's settings, called by the entry points
 }
 #: Files allowed to ask torch.distributed for a rank or a world size.
 WORLD_SIZE_LOOKUPS = {"data/distributed.py", "eval/metrics.py"}

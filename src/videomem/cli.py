@@ -23,6 +23,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from videomem.data.skips import NoUsableDataError
 from videomem.data.types import LETTERS
 
 
@@ -37,7 +38,8 @@ _USER_ERRORS = (
     IsADirectoryError,
     NotADirectoryError,
     PermissionError,
-    ValueError,
+    ValueError,  # ConfigError (a setting out of range) among them
+    NoUsableDataError,  # a training stream with no usable sample at all
 )
 
 
@@ -55,6 +57,9 @@ def user_error_message(err: BaseException) -> str | None:
     known = _USER_ERRORS + (OmegaConfBaseException,) + ((video.VideoDecodeError,) if video else ())
     if not isinstance(err, known):
         return None
+    lines = [line for line in str(err).splitlines() if line.strip()]
+    if "Traceback" in str(err) and lines:  # raised in a DataLoader worker: its traceback rides along
+        return lines[-1].split(": ", 1)[-1].strip()
     if isinstance(err, OSError) and err.filename is not None:  # "[Errno 2] ..." -> what and where
         return f"{(err.strerror or type(err).__name__).lower()}: {err.filename}: check the path"
     return " ".join(str(err).split()) or type(err).__name__

@@ -13,8 +13,6 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import hydra
@@ -49,26 +47,9 @@ def markdown_table(result: dict) -> str:
     fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)  # noqa: E731
     table = "| metric | value |\n|---|---|\n" + "\n".join(f"| {k} | {fmt(v)} |" for k, v in rows) + "\n"
     skipped = result.get("skipped_samples") or []
-    tail = "\nSkipped as unreadable:\n\n" + "".join(f"- {m}\n" for m in skipped) if skipped else ""
+    tail = "".join(f"- `{r['key']}` in `{r['url']}`: {r['reason']}\n" for r in skipped)
+    tail = "\nSkipped:\n\n" + tail if skipped else ""
     return head + table + tail
-
-
-@contextmanager
-def collect_skips() -> Iterator[list[str]]:
-    """The warnings the data layer logs for every video (or rest of a tar) it skips, while inside."""
-    messages: list[str] = []
-
-    class Collect(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            if record.getMessage().startswith("skipping"):
-                messages.append(record.getMessage())
-
-    handler, logger = Collect(logging.WARNING), logging.getLogger("videomem.data")
-    logger.addHandler(handler)
-    try:
-        yield messages
-    finally:
-        logger.removeHandler(handler)
 
 
 def load_policy(cfg: DictConfig):
@@ -105,22 +86,21 @@ def run(cfg: DictConfig) -> dict:
     questions = (qa for batch in datamodule.test_dataloader() for qa in batch)
     if cfg.limit:
         questions = itertools.islice(questions, cfg.limit)
-    with collect_skips() as skipped_samples:
-        metrics, records = evaluate(
-            policy,
-            questions,
-            batch_size=cfg.batch_size,
-            gen=GenerationConfig(**cfg.generation),
-            memory_off=cfg.memory_off,
-            total=cfg.limit,
-        )
+    metrics, records = evaluate(
+        policy,
+        questions,
+        batch_size=cfg.batch_size,
+        gen=GenerationConfig(**cfg.generation),
+        memory_off=cfg.memory_off,
+        total=cfg.limit,
+    )
     official = None
     if cfg.bench:
         official = BENCHMARKS[cfg.bench].official_score(records)
     result = {
         **metrics,
         "skipped": datamodule.skipped,
-        "skipped_samples": skipped_samples,
+        "skipped_samples": datamodule.skipped_samples,  # {"split", "key", "url", "reason"} each
         "official": official,
         "settings": {
             "ckpt": str(cfg.ckpt),

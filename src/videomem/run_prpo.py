@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 
 from videomem import CONFIG_DIR
 from videomem.cli import UserError, check_shards, one_line_errors
+from videomem.config_check import check_config
 from videomem.train.callbacks import point_latest
 from videomem.train.resume import check_ckpt_path
 from videomem.train.runner import train, validate
@@ -33,6 +34,7 @@ def check_cold_start(cfg: DictConfig) -> None:
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="prpo")
 @one_line_errors("run_prpo")
 def main(cfg: DictConfig) -> float | None:
+    check_config(cfg)  # every numeric setting in range, before anything is built
     check_cold_start(cfg)
     for split in ("train_shards", "val_shards"):
         check_shards(f"data.{split}", cfg.data.get(split))

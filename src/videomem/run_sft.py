@@ -7,6 +7,7 @@ from omegaconf import DictConfig
 
 from videomem import CONFIG_DIR
 from videomem.cli import check_shards, one_line_errors
+from videomem.config_check import check_config
 from videomem.train.resume import check_ckpt_path
 from videomem.train.runner import train
 
@@ -14,6 +15,7 @@ from videomem.train.runner import train
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="sft")
 @one_line_errors("run_sft")
 def main(cfg: DictConfig) -> float | None:
+    check_config(cfg)  # every numeric setting in range, before anything is built
     for split in ("train_shards", "val_shards"):
         check_shards(f"data.{split}", cfg.data.get(split))
     check_ckpt_path(cfg.get("ckpt_path"))

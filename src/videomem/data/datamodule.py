@@ -18,9 +18,14 @@ questions in shard order (it forces the per-video split, so the N are the same f
 Ranks may then get unequal counts: log validation metrics through torchmetrics (synced once at epoch
 end), not with per-step collectives.
 
-A video that fails to parse or decode is skipped with a warning and counted (`skipped`, per process);
-a truncated tar is skipped from the failing member on. Batches are plain lists of VideoQA (the model
-layer tokenizes and patches); a batch may hold several questions of one video, sharing its frames.
+Bad data never stops or hangs a run: a video that fails to parse or decode, a question that breaks the
+schema, an empty shard and the rest of a truncated tar are skipped with a warning and counted
+(`skipped`: every process, DataLoader workers included; `skipped_samples`: the list, this process).
+The endless training stream stops with one `NoUsableDataError` when thousands of reads in a row give
+no question (skips.py: StreamGuard), e.g. when every training shard is empty.
+
+Batches are plain lists of VideoQA (the model layer tokenizes and patches); a batch may hold several
+questions of one video, sharing its frames.
 
 Deliberately not here: tokenisation, model-specific resizing rules (pass `frame_size`), writing shards.
 """
@@ -47,9 +52,10 @@ from videomem.data.shards import (
     VideoQADecoder,
     expand_shards,
     iter_samples,
-    log_and_continue,
+    question_count,
     read_meta,
 )
+from videomem.data.skips import SkipLog, StreamGuard
 from videomem.data.types import VideoQA
 
 log = logging.getLogger(__name__)
@@ -61,15 +67,25 @@ def collate_videoqa(batch: list[VideoQA]) -> list[VideoQA]:
 
 
 def count_questions(urls: list[str]) -> int:
-    """Number of questions in local shards, reading only their json members (seeks over the mp4s)."""
+    """Number of questions in local shards, reading only their json members (seeks over the mp4s).
+
+    An empty, truncated or unreadable tar and a json member that does not parse count what could be
+    read (the training stream skips and counts them when it meets them).
+    """
     total = 0
     for url in urls:
         if not os.path.isfile(url):
             raise ValueError(f"cannot count questions of non-local shard {url!r}: set epoch_length")
-        with tarfile.open(url) as tar:
-            for member in tar:
-                if member.name.endswith(".json"):
-                    total += len(json.load(tar.extractfile(member))["questions"])
+        try:
+            with tarfile.open(url) as tar:
+                for member in tar:
+                    if member.name.endswith(".json"):
+                        try:
+                            total += question_count(json.load(tar.extractfile(member)))
+                        except (ShardFormatError, ValueError):  # JSONDecodeError, UnicodeDecodeError
+                            continue
+        except (tarfile.TarError, OSError, EOFError):
+            continue
     return total
 
 
@@ -221,20 +237,21 @@ class EvalStream(IterableDataset):
     def __iter__(self) -> Iterator[VideoQA]:
         worker, workers = _worker()
         consumers, me = self.world * workers, self.rank * workers + worker
+        skips = self.decoder.skips
         if self.limit is None and len(self.urls) >= consumers:  # = wds.split_by_node + wds.split_by_worker
             mine = self.urls[self.rank :: self.world][worker::workers]
-            yield from self.decoder(iter_samples(mine, skip_bad_tar=True))
+            yield from self.decoder(iter_samples(mine, skips=skips))
             return
         seen = 0  # questions before this video, in global shard order
-        for v, sample in enumerate(iter_samples(self.urls, skip_bad_tar=True)):
+        # every consumer reads every shard here: only consumer 0 records the shard-level skips
+        for v, sample in enumerate(iter_samples(self.urls, skips=skips if me == 0 else SkipLog())):
             if self.limit is not None and seen >= self.limit:
                 return
             try:
-                n = len(read_meta(sample)["questions"])
-            except (ShardFormatError, KeyError) as err:
+                n = question_count(read_meta(sample))
+            except ShardFormatError as err:
                 if v % consumers == me:
-                    self.decoder.skipped += 1
-                    log.warning("skipping video %s: %s", sample.get("__key__"), err)
+                    skips.add(sample.get("__key__"), sample.get("__url__"), f"ShardFormatError: {err}")
                 continue
             if v % consumers == me:
                 keep = n if self.limit is None else min(n, self.limit - seen)
@@ -287,12 +304,23 @@ class VideoQADataModule(L.LightningDataModule):
 
     @property
     def skipped(self) -> int:
-        """Videos skipped as corrupt in this process (workers count their own and log warnings)."""
+        """Skipped videos, questions and shards of every split so far, DataLoader workers included.
+
+        One event per skip: the resampled training stream counts a bad video each time it meets it.
+        """
         return sum(d.skipped for d in self.decoders.values())
+
+    @property
+    def skipped_samples(self) -> list[dict]:
+        """Each distinct skip once, ``{"split", "key", "url", "reason"}``: those met in THIS process
+        (with num_workers > 0 the workers' own are in the log as warnings; the count above has them all).
+        """
+        return [{"split": split, **r} for split, d in self.decoders.items() for r in d.skipped_samples]
 
     def _decoder(self, split: str) -> VideoQADecoder:
         hp = self.hparams
-        self.decoders[split] = VideoQADecoder(hp.frames_per_clip, self.frame_size, hp.backend)
+        skips = SkipLog(shared=hp.num_workers > 0)  # workers add to the count the trainer reads
+        self.decoders[split] = VideoQADecoder(hp.frames_per_clip, self.frame_size, hp.backend, skips=skips)
         return self.decoders[split]
 
     def _loader(self, dataset: IterableDataset) -> DataLoader:
@@ -317,6 +345,13 @@ class VideoQADataModule(L.LightningDataModule):
         workers = max(1, hp.num_workers)
         # per worker: a whole number of batches, identical on every rank
         per_worker = max(1, math.ceil(total / (world * workers * hp.batch_size))) * hp.batch_size
+        decoder = self._decoder("train")
+        # the stream is endless: stop with one message when thousands of reads in a row give no question
+        guard = StreamGuard(
+            max(1000, 20 * (len(urls) + hp.shuffle_buffer)),
+            f"train shards {urls[:3]}{' ...' if len(urls) > 3 else ''}",
+            decoder.skips,
+        )
         self._stream_shape = {"batches_per_pass": per_worker * workers // hp.batch_size, "workers": workers}
         start_pass, skip = self._start()
         worker = WorkerMap()
@@ -326,11 +361,16 @@ class VideoQADataModule(L.LightningDataModule):
         shards.epoch = start_pass - 1  # every iter advances it first
         pipeline = wds.DataPipeline(
             shards,
-            wds.tarfile_to_samples(handler=log_and_continue),
+            guard.tick,
+            decoder.skips.watch_shards,
+            wds.tarfile_to_samples(handler=decoder.skips.tar_error),
+            decoder.skips.watch_samples,
             wds.detshuffle(
                 hp.shuffle_buffer, initial=min(hp.shuffle_buffer, 16), seed=hp.seed, epoch=start_pass - 1
             ),
-            self._decoder("train"),
+            guard.tick,
+            decoder,
+            guard.reset,
         )
         if hp.category_keep:
             pipeline.append(CategoryKeep(dict(hp.category_keep), hp.seed, rank, worker, passes=start_pass))

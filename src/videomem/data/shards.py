@@ -24,6 +24,10 @@ unique within a shard. meta:
 Several questions may share a video: its clips are decoded once and the frame tensors shared.
 Extra keys travel to `VideoQA.meta` (video-level extras first, question-level extras override).
 
+Reading never trusts a shard: `validate_video` / `validate_question` check every json type, and the
+readers (`VideoQADecoder`, `iter_shard_videoqa`) skip a bad video, a bad question or the rest of a
+truncated tar, recording each in a `SkipLog` (skips.py: count and list, for `make eval` and the trainer).
+
 Deliberately not here: streaming, shuffling, worker splitting (datamodule.py), how clips are made
 (video.py), what questions mean (synthetic.py, eval importers).
 """
@@ -32,19 +36,17 @@ from __future__ import annotations
 
 import glob
 import json
-import logging
 import os
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import webdataset as wds
 
+from videomem.data.skips import SkipLog
 from videomem.data.types import LETTERS, VideoQA
 from videomem.data.video import VideoDecodeError, decode_frames
-
-log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 _CLIP_FIELD = re.compile(r"^(\d+)\.mp4$")
@@ -70,27 +72,84 @@ def sample_key(video_id: str) -> str:
     return video_id.replace(".", "_")
 
 
-def validate_meta(meta: dict, num_clips: int) -> None:
-    """Raise ShardFormatError unless `meta` follows the schema for a video of `num_clips` clips."""
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _is_str_list(x) -> bool:
+    return isinstance(x, (list, tuple)) and all(isinstance(v, str) for v in x)  # tuples: before json
+
+
+def validate_video(meta: dict, num_clips: int) -> None:
+    """Raise ShardFormatError unless the video-level part of `meta` follows the schema (any json type)."""
+    if not isinstance(meta, dict):
+        raise ShardFormatError(f"meta is a {type(meta).__name__}, expected a json object")
     for k in ("video_id", "duration", "clips", "questions"):
         if k not in meta:
             raise ShardFormatError(f"meta lacks {k!r}")
     if meta.get("schema", SCHEMA_VERSION) != SCHEMA_VERSION:
         raise ShardFormatError(f"unsupported schema {meta.get('schema')!r}")
-    if len(meta["clips"]) != num_clips or num_clips < 1:
-        raise ShardFormatError(f"{meta['video_id']}: {len(meta['clips'])} spans for {num_clips} clips")
+    if not isinstance(meta["video_id"], str) or not _is_number(meta["duration"]):
+        raise ShardFormatError(
+            f"video_id must be a string and duration a number, got {meta['video_id']!r}, {meta['duration']!r}"
+        )
+    spans = meta["clips"]
+    if not isinstance(spans, (list, tuple)) or not all(
+        isinstance(s, (list, tuple)) and len(s) == 2 and all(map(_is_number, s)) for s in spans
+    ):
+        raise ShardFormatError(
+            f"{meta['video_id']}: clips must be a list of [start_s, end_s], got {spans!r:.80}"
+        )
+    if len(spans) != num_clips or num_clips < 1:
+        raise ShardFormatError(f"{meta['video_id']}: {len(spans)} spans for {num_clips} clips")
+    if not isinstance(meta["questions"], (list, tuple)) or not all(
+        isinstance(q, dict) for q in meta["questions"]
+    ):
+        raise ShardFormatError(f"{meta['video_id']}: questions must be a list of objects")
+
+
+def validate_question(q: dict, num_clips: int) -> None:
+    """Raise ShardFormatError unless question `q` follows the schema for a video of `num_clips` clips."""
+    missing = [k for k in ("qid", "question", "options", "category") if k not in q]
+    if missing:
+        raise ShardFormatError(f"question {q.get('qid')!r} lacks {missing}")
+    qid = q["qid"]
+    if not isinstance(qid, (str, int)) or isinstance(qid, bool):
+        raise ShardFormatError(f"qid must be a string, got {qid!r}")
+    if not isinstance(q["question"], str) or not isinstance(q["category"], str):
+        raise ShardFormatError(f"{qid}: question and category must be strings")
+    options = q["options"]
+    if not _is_str_list(options):
+        raise ShardFormatError(f"{qid}: options must be a list of strings, got {options!r:.80}")
+    if not 2 <= len(options) <= len(LETTERS):
+        raise ShardFormatError(f"{qid}: {len(options)} options, expected 2..{len(LETTERS)}")
+    answer = q.get("answer")
+    if answer is not None and answer not in list(
+        LETTERS[: len(options)]
+    ):  # a list: "" and "AB" are not letters
+        raise ShardFormatError(f"{qid}: answer {answer!r} is not a letter of its options")
+    if q.get("categories") is not None and not _is_str_list(q["categories"]):
+        raise ShardFormatError(f"{qid}: categories must be a list of strings")
+    memories = q.get("memories")
+    if memories is not None and not _is_str_list(memories):
+        raise ShardFormatError(f"{qid}: memories must be a list of strings or null")
+    if memories is not None and len(memories) != num_clips:
+        raise ShardFormatError(f"{qid}: {len(memories)} memories for {num_clips} clips")
+
+
+def validate_meta(meta: dict, num_clips: int) -> None:
+    """Raise ShardFormatError unless `meta` (video and every question) follows the schema for `num_clips` clips."""
+    validate_video(meta, num_clips)
     for q in meta["questions"]:
-        missing = [k for k in ("qid", "question", "options", "category") if k not in q]
-        if missing:
-            raise ShardFormatError(f"{meta['video_id']}: question lacks {missing}")
-        if not 2 <= len(q["options"]) <= len(LETTERS):
-            raise ShardFormatError(f"{q['qid']}: {len(q['options'])} options, expected 2..{len(LETTERS)}")
-        answer = q.get("answer")
-        if answer is not None and answer not in LETTERS[: len(q["options"])]:
-            raise ShardFormatError(f"{q['qid']}: answer {answer!r} is not a letter of its options")
-        memories = q.get("memories")
-        if memories is not None and len(memories) != num_clips:
-            raise ShardFormatError(f"{q['qid']}: {len(memories)} memories for {num_clips} clips")
+        validate_question(q, num_clips)
+
+
+def question_count(meta: dict) -> int:
+    """Number of questions a parsed meta declares (ShardFormatError if it has no list of them)."""
+    questions = meta.get("questions") if isinstance(meta, dict) else None
+    if not isinstance(questions, list):
+        raise ShardFormatError("meta has no list of questions")
+    return len(questions)
 
 
 def write_shards(
@@ -156,22 +215,23 @@ def expand_shards(spec: str | Path | Sequence[str | Path]) -> list[str]:
     return paths
 
 
-def log_and_continue(exn: Exception) -> bool:
-    """WebDataset error handler: log the error and go on."""
-    log.warning("skipping unreadable shard data: %r", exn)
-    return True
-
-
-def iter_samples(paths: str | Sequence[str], *, skip_bad_tar: bool = False) -> Iterator[dict]:
+def iter_samples(paths: str | Sequence[str], *, skips: SkipLog | None = None) -> Iterator[dict]:
     """Raw WebDataset samples ({"__key__", "json", "000.mp4", ...}) of the shards, in order.
 
     Args:
         paths: Anything `expand_shards` accepts.
-        skip_bad_tar: Log and skip the rest of a truncated / unreadable tar instead of raising.
+        skips: Record an unreadable or truncated tar (the rest of it is skipped) and a shard without
+            samples here, and go on; None: raise on the first unreadable tar.
     """
-    handler = log_and_continue if skip_bad_tar else wds.reraise_exception
+    urls = expand_shards(paths)
+    if skips is None:
+        yield from wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples())
+        return
     yield from wds.DataPipeline(
-        wds.SimpleShardList(expand_shards(paths)), wds.tarfile_to_samples(handler=handler)
+        wds.SimpleShardList(urls),
+        skips.watch_shards,
+        wds.tarfile_to_samples(handler=skips.tar_error),
+        skips.watch_samples,
     )
 
 
@@ -195,7 +255,12 @@ def clip_fields(sample: dict) -> list[str]:
 
 
 def sample_to_videoqa(
-    sample: dict, *, frames_per_clip: int, frame_size: tuple[int, int] | None, backend: str = "decord"
+    sample: dict,
+    *,
+    frames_per_clip: int,
+    frame_size: tuple[int, int] | None,
+    backend: str = "decord",
+    on_bad_question: Callable[[dict, ShardFormatError], None] | None = None,
 ) -> list[VideoQA]:
     """Decode a raw sample's clips once and return one VideoQA per question (frames shared).
 
@@ -204,6 +269,8 @@ def sample_to_videoqa(
         frames_per_clip: Frames sampled uniformly from each clip.
         frame_size: (H, W) resize at decode time, or None for the stored size.
         backend: "decord" or "pyav".
+        on_bad_question: Called with a question that breaks the schema (and the error), which is then
+            left out; None raises instead. A video whose every question is bad is not decoded.
 
     Raises:
         ShardFormatError: Sample does not follow the schema.
@@ -211,13 +278,24 @@ def sample_to_videoqa(
     """
     meta = read_meta(sample)
     fields = clip_fields(sample)
-    validate_meta(meta, len(fields))
+    validate_video(meta, len(fields))
+    questions = []
+    for q in meta["questions"]:
+        try:
+            validate_question(q, len(fields))
+            questions.append(q)
+        except ShardFormatError as err:
+            if on_bad_question is None:
+                raise
+            on_bad_question(q, err)
+    if not questions:
+        return []
     size = tuple(frame_size) if frame_size is not None else None
     clips = [decode_frames(sample[k], num_frames=frames_per_clip, size=size, backend=backend) for k in fields]
     spans = [(float(a), float(b)) for a, b in meta["clips"]]
     video_extra = {k: v for k, v in meta.items() if k not in _VIDEO_KEYS}
     out = []
-    for q in meta["questions"]:
+    for q in questions:
         extra = {k: v for k, v in q.items() if k not in _QUESTION_KEYS}
         out.append(
             VideoQA(
@@ -238,24 +316,44 @@ def sample_to_videoqa(
 
 
 class VideoQADecoder:
-    """Raw samples -> VideoQA per question, skipping (with a warning) and counting videos that fail.
+    """Raw samples -> VideoQA per question, skipping (with a warning), counting and listing what fails.
 
-    A pipeline stage: `decoder(samples)` is an iterator; `decoder.skipped` counts skips in this process.
+    A pipeline stage: `decoder(samples)` is an iterator. A video that cannot be parsed or decoded is
+    skipped whole; a question that breaks the schema is skipped alone (key ``"{key}/{qid}"``). Both go to
+    `skips` (see skips.py): `skipped` is the count, `skipped_samples` the list.
     """
 
     def __init__(
-        self, frames_per_clip: int, frame_size: tuple[int, int] | None, backend: str = "decord"
+        self,
+        frames_per_clip: int,
+        frame_size: tuple[int, int] | None,
+        backend: str = "decord",
+        skips: SkipLog | None = None,
     ) -> None:
         self.kw = {"frames_per_clip": frames_per_clip, "frame_size": frame_size, "backend": backend}
-        self.skipped = 0
+        self.skips = skips if skips is not None else SkipLog()
+
+    @property
+    def skipped(self) -> int:
+        """Videos, questions and shards skipped (see SkipLog.count)."""
+        return self.skips.count
+
+    @property
+    def skipped_samples(self) -> list[dict]:
+        """Each distinct skip once: ``{"key", "url", "reason"}``."""
+        return self.skips.samples
 
     def decode(self, sample: dict) -> list[VideoQA]:
-        """The sample's questions, or [] (after a warning) if it cannot be parsed or decoded."""
+        """The sample's valid questions, or [] (after a warning) if it cannot be parsed or decoded."""
+        key, url = sample.get("__key__"), sample.get("__url__")
+
+        def bad_question(q: dict, err: ShardFormatError) -> None:
+            self.skips.add(f"{key}/{q.get('qid')}", url, f"bad question: {err}")
+
         try:
-            return sample_to_videoqa(sample, **self.kw)
+            return sample_to_videoqa(sample, **self.kw, on_bad_question=bad_question)
         except (VideoDecodeError, ShardFormatError) as err:
-            self.skipped += 1
-            log.warning("skipping video %s (%d skipped so far): %s", sample.get("__key__"), self.skipped, err)
+            self.skips.add(key, url, f"{type(err).__name__}: {err}")
             return []
 
     def __call__(self, samples: Iterable[dict]) -> Iterator[VideoQA]:
@@ -270,19 +368,24 @@ def iter_shard_videoqa(
     frame_size: tuple[int, int] | None,
     backend: str = "decord",
     skip_corrupt: bool = True,
+    skips: SkipLog | None = None,
 ) -> Iterator[VideoQA]:
     """Simple sequential reader (evaluation, tests): every question of every video, in shard order.
 
     Args:
         paths: Anything `expand_shards` accepts.
         frames_per_clip, frame_size, backend: As in `sample_to_videoqa`.
-        skip_corrupt: Log and skip a video (or the rest of a tar) that fails instead of raising.
+        skip_corrupt: Log, count and skip a video, a question or the rest of a tar that fails, instead
+            of raising.
+        skips: Where skips are recorded (pass one to read the count and list afterwards, as `make eval`
+            does: ``skips.count``, ``skips.samples``); None: a private log.
     """
-    samples = iter_samples(paths, skip_bad_tar=skip_corrupt)
     if skip_corrupt:
-        yield from VideoQADecoder(frames_per_clip, frame_size, backend)(samples)
+        skips = skips if skips is not None else SkipLog()
+        decoder = VideoQADecoder(frames_per_clip, frame_size, backend, skips=skips)
+        yield from decoder(iter_samples(paths, skips=skips))
         return
-    for sample in samples:
+    for sample in iter_samples(paths):
         yield from sample_to_videoqa(
             sample, frames_per_clip=frames_per_clip, frame_size=frame_size, backend=backend
         )

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -63,6 +64,32 @@ def find_video(index: dict[str, list[Path]], video: BenchVideo) -> tuple[Path | 
     return candidates[0], None
 
 
+class AnnotationError(ValueError):
+    """An annotation file that is not in the benchmark's published form (one line: file, what, why)."""
+
+
+def read_annotations(name: str, ann: str | Path) -> list[BenchVideo]:
+    """``BENCHMARKS[name].read_annotations(ann)``, any failure refused as one `AnnotationError` line.
+
+    A bad annotation (a row without a key, a question without options or with an answer outside them,
+    a value of the wrong type) means the wrong file or a broken download: the import stops before any
+    video is read instead of writing a partial benchmark whose scores would not compare.
+    """
+    try:
+        videos = BENCHMARKS[name].read_annotations(ann)
+    except FileNotFoundError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:
+        what = f"missing key {err}" if isinstance(err, KeyError) else f"{type(err).__name__}: {err}"
+        raise AnnotationError(
+            f"{name} annotations {ann} are not in the published form ({what}); "
+            f"see videomem.eval.benchmarks.{name} for the expected files"
+        ) from err
+    if not isinstance(videos, list) or not videos:
+        raise AnnotationError(f"{name} annotations {ann} hold no question")
+    return videos
+
+
 def _shard_meta(name: str, video: BenchVideo, spans: list[tuple[float, float]], duration: float) -> dict:
     """The sample's meta in the shard schema (schema 1); benchmark video-level keys first, core keys win."""
     return {
@@ -108,10 +135,11 @@ def import_benchmark(
 
     Raises:
         ValueError: Unknown benchmark name.
+        AnnotationError: The annotations are not in the benchmark's published form (nothing is written).
     """
     if name not in BENCHMARKS:
         raise ValueError(f"unknown benchmark {name!r}; known: {sorted(BENCHMARKS)}")
-    videos = BENCHMARKS[name].read_annotations(ann)
+    videos = read_annotations(name, ann)
     index = index_videos(videos_dir)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -166,7 +194,8 @@ def import_benchmark(
 def main(argv: list[str] | None = None) -> int:
     """CLI: ``--bench --ann --videos --out [--clips --frames-per-clip --max-side --max-per-shard --limit]``.
 
-    Prints the summary as JSON; exits 1 when no video could be written.
+    Prints the summary as JSON; exits 1 when no video could be written, 2 (one line on stderr) when the
+    annotations or the videos directory cannot be read.
     """
     p = argparse.ArgumentParser(description="Import a long-video QA benchmark into videomem shards.")
     p.add_argument("--bench", required=True, choices=sorted(BENCHMARKS), help="benchmark name")
@@ -179,17 +208,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-per-shard", type=int, default=16, help="videos per shard")
     p.add_argument("--limit", type=int, default=None, help="stop after this many videos were written")
     args = p.parse_args(argv)
-    summary = import_benchmark(
-        args.bench,
-        args.ann,
-        args.videos,
-        args.out,
-        num_clips=args.clips,
-        frames_per_clip=args.frames_per_clip,
-        max_side=args.max_side or None,
-        max_per_shard=args.max_per_shard,
-        limit=args.limit,
-    )
+    try:
+        summary = import_benchmark(
+            args.bench,
+            args.ann,
+            args.videos,
+            args.out,
+            num_clips=args.clips,
+            frames_per_clip=args.frames_per_clip,
+            max_side=args.max_side or None,
+            max_per_shard=args.max_per_shard,
+            limit=args.limit,
+        )
+    except (AnnotationError, FileNotFoundError) as err:  # the user's input, not a bug: one line
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(json.dumps(summary, indent=2))
     if summary["written"] == 0:
         print(f"no video of {args.bench} was written: see {Path(args.out) / 'skipped.json'}")
