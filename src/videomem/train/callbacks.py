@@ -100,3 +100,25 @@ class SavePolicy(Callback):
             self.dirpath,
             f" (latest: {self.latest} -> {chosen})" if self.latest else "",
         )
+
+
+class DataSkips(Callback):
+    """Log how many samples the data layer skipped (``data/skipped``: bad shards, clips, json, questions)
+    as training goes, and list them at the end of the run (docs/data.md, "Bad data")."""
+
+    def __init__(self, every_n_steps: int = 10) -> None:
+        self.every_n_steps = every_n_steps
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args, **kwargs) -> None:
+        data = getattr(trainer, "datamodule", None)
+        if data is not None and hasattr(data, "skipped") and trainer.global_step % self.every_n_steps == 0:
+            pl_module.log("data/skipped", float(data.skipped), on_step=True, rank_zero_only=True)
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        data = getattr(trainer, "datamodule", None)
+        if data is None or not hasattr(data, "skipped") or not trainer.is_global_zero:
+            return
+        listed = data.skipped_samples
+        log.info("data: %d samples skipped%s", data.skipped, ", e.g." if listed else "")
+        for r in listed[:20]:
+            log.info("  skipped %s (%s split, %s): %s", r["key"], r["split"], r["url"], r["reason"])
