@@ -150,12 +150,12 @@ RULES: dict[str, Rule] = {
     # evaluation (configs/eval.yaml)
     "batch_size": _int(1, "questions per batch"),
     "limit": _int(0, "questions evaluated; 0 or null: all", nullable=True),
-    "frames_per_clip": _int(1, "frames per clip"),
+    "frames_per_clip": _int(1, "frames per clip; null: as saved beside the policy", nullable=True),
     "generation.max_new_tokens": _int(1, "tokens per clip"),
 }
 
 FRAME_SIDE = _int(1, "frame side")
-CHOICES = {"data.backend": ("decord", "pyav"), "backend": ("decord", "pyav")}
+CHOICES = {"data.backend": ("decord", "pyav")}
 
 
 def _get(cfg: DictConfig, key: str):
@@ -172,7 +172,7 @@ def _fail(key: str, value, expected: str) -> None:
 
 def _check_frame_size(cfg: DictConfig, key: str) -> None:
     size = _get(cfg, key)
-    if size is _ABSENT or (size is None and key == "data.frame_size"):
+    if size is _ABSENT or size is None:  # null: the stored frames (data), the saved geometry (eval)
         return
     if (
         not isinstance(size, (list, tuple, ListConfig))

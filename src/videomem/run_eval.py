@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from videomem import CONFIG_DIR
 from videomem.cli import UserError, check_shards, one_line_errors
+from videomem.config_check import check_config
 from videomem.eval.benchmarks import BENCHMARKS
 from videomem.eval.evaluate import evaluate
 from videomem.eval.geometry import resolve_frames
@@ -135,6 +136,7 @@ def run(cfg: DictConfig) -> dict:
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
 @one_line_errors("run_eval")
 def main(cfg: DictConfig) -> float:
+    check_config(cfg)  # every numeric setting in range, before the policy is loaded
     return float(run(cfg)["accuracy"])
 
 

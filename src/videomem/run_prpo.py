@@ -36,9 +36,9 @@ def check_cold_start(cfg: DictConfig) -> None:
 def main(cfg: DictConfig) -> float | None:
     check_config(cfg)  # every numeric setting in range, before anything is built
     check_cold_start(cfg)
+    check_ckpt_path(cfg.get("ckpt_path"))
     for split in ("train_shards", "val_shards"):
         check_shards(f"data.{split}", cfg.data.get(split))
-    check_ckpt_path(cfg.get("ckpt_path"))
     if not cfg.prpo:
         module, metrics = validate(cfg)
         out = Path(cfg.callbacks.save_policy.dirpath)

@@ -16,9 +16,9 @@ from videomem.train.runner import train
 @one_line_errors("run_sft")
 def main(cfg: DictConfig) -> float | None:
     check_config(cfg)  # every numeric setting in range, before anything is built
+    check_ckpt_path(cfg.get("ckpt_path"))
     for split in ("train_shards", "val_shards"):
         check_shards(f"data.{split}", cfg.data.get(split))
-    check_ckpt_path(cfg.get("ckpt_path"))
     metrics = train(cfg)
     return metrics.get(cfg.get("optimized_metric", ""))
 
