@@ -89,12 +89,6 @@ def test_a_well_formed_output_parses_to_its_memory_and_letter(parts, num_options
     assert out.format_ok == valid and (out.answer == letter.upper() if valid else out.answer is None)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="parse_output accepts a stray closing tag right after a block (the strict regex's lazy group "
-    "swallows it); its docstring says nothing but whitespace may surround the blocks. Fixing it may "
-    "change PRPO rewards of the default run, so it is left to the lead (see the h-faults report)",
-)
 @pytest.mark.parametrize(
     "text", ["<memory>a</memory></memory><answer>B</answer>", "<memory>a</memory><answer>B</answer></answer>"]
 )

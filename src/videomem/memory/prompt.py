@@ -74,7 +74,8 @@ def parse_output(text: str, num_options: int = 4) -> ParsedOutput:
         letter = raw_answer.strip().upper()
         if len(letter) == 1 and letter in LETTERS[:num_options]:
             answer = letter
-    strict = _STRICT_RE.fullmatch(text) is not None
+    # exactly the four tags of the two blocks: a stray opening or closing tag anywhere breaks the format
+    strict = _STRICT_RE.fullmatch(text) is not None and len(_TAG_RE.findall(text)) == 4
     format_ok = strict and memory is not None and answer is not None
     return ParsedOutput(
         memory=memory.strip() if memory is not None else None, answer=answer, format_ok=format_ok
