@@ -140,3 +140,27 @@ def test_job_without_hydra_files_is_named_from_its_dir(tmp_path: Path) -> None:
     loaded = load_job(job)
     assert (loaded.variant, loaded.seed) == ("no_mp", 3)
     assert loaded.scalars["val/accuracy"] == [(4, 0.25)]
+
+
+def test_coinciding_variants_get_distinct_markers_and_dashes(tmp_path: Path, monkeypatch) -> None:
+    """Two variants with the same curve (e.g. a switch that changes nothing) must both be visible."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.axes import Axes
+
+    from videomem.eval.compare import Job, plot_curves
+
+    drawn: list[tuple[str, str]] = []
+    real_plot = Axes.plot
+
+    def spy(self, *args, **kwargs):
+        drawn.append((kwargs.get("marker"), kwargs.get("linestyle")))
+        return real_plot(self, *args, **kwargs)
+
+    monkeypatch.setattr(Axes, "plot", spy)
+    curve = {"val/accuracy": [(25, 0.5), (50, 0.6)]}
+    groups = {v: [Job(f"{v}_s0", v, 0, k, scalars=curve)] for k, v in enumerate(["full", "no_mp", "no_tcr"])}
+    assert plot_curves(groups, "val/accuracy", tmp_path / "acc.png")
+    assert len(drawn) == 3 and len(set(drawn)) == 3
+    assert (tmp_path / "acc.png").stat().st_size > 0

@@ -297,7 +297,9 @@ def plot_curves(groups: dict[str, list[Job]], tag: str, path: Path) -> bool:
 
     fig, ax = plt.subplots(figsize=(7, 4))
     drawn = False
-    for variant, js in groups.items():
+    # a marker and a dash pattern per variant, so variants whose curves coincide stay visible
+    styles = [(m, d) for d in ("-", "--", ":", "-.") for m in ("o", "s", "^", "D", "v", "P", "X", "*")]
+    for k, (variant, js) in enumerate(groups.items()):
         by_step: dict[int, list[float]] = {}
         for j in js:
             for step, value in j.scalars.get(tag, []):
@@ -307,7 +309,10 @@ def plot_curves(groups: dict[str, list[Job]], tag: str, path: Path) -> bool:
         steps = sorted(by_step)
         mu = [mean(by_step[s]) for s in steps]
         sd = [stdev(by_step[s]) if len(by_step[s]) > 1 else 0.0 for s in steps]
-        (line,) = ax.plot(steps, mu, marker="o", markersize=3, label=f"{variant} (n={len(js)})")
+        marker, dash = styles[k % len(styles)]
+        (line,) = ax.plot(
+            steps, mu, marker=marker, linestyle=dash, markersize=4, label=f"{variant} (n={len(js)})"
+        )
         ax.fill_between(
             steps,
             [m - s for m, s in zip(mu, sd)],
