@@ -31,7 +31,7 @@ RESUME_ARGS := $(if $(RESUME),ckpt_path=$(RESUME)/checkpoints/last.ckpt)
 ANSWER_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo data sft prpo ablate compare eval eval-clips shards memories answer export test bench lint format clean
+.PHONY: help install demo data sft prpo ablate compare eval eval-sweep eval-clips shards memories answer export test bench lint format clean
 
 help: ## List every target with one line each
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -69,6 +69,9 @@ ablate: install ## Ablation sweep NAME=<components|reward|cold_start|grpo_vs_prp
 
 compare: install ## Table + curves of a sweep: SWEEP=logs/ablation/<name>[/<time>] (newest by default) -> <sweep>/compare/ (OUT=dir)
 	$(PY) -m videomem.cli compare $(SWEEP) $(if $(OUT),--out $(OUT)) $(ARGS)
+
+eval-sweep: install ## Evaluate every job of SWEEP=logs/ablation/<name>[/<time>] on the test split (<job>/test/; make compare reports eval/*)
+	$(PY) -m videomem.cli eval-sweep $(SWEEP) $(ARGS)
 
 eval: install ## Evaluate CKPT (default: synthetic test split; BENCH=<name> SHARDS=<dir> for a benchmark) to OUT=file.json
 	$(PY) -m videomem.run_eval ckpt=$(CKPT) $(if $(OUT),out=$(OUT)) $(if $(BENCH),bench=$(BENCH)) $(if $(SHARDS),shards=$(SHARDS)) $(ARGS)

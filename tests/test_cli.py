@@ -246,3 +246,41 @@ def test_eval_of_a_missing_checkpoint_says_what_to_run(compose_cfg, tmp_path, sh
 
     with pytest.raises(UserError, match="make sft"):
         run(eval_cfg(compose_cfg, tmp_path / "none", shards, tmp_path / "r.json"))
+
+
+def test_eval_sweep_evaluates_each_saved_policy_once_and_compare_reports_it(
+    tmp_path, policy_dir, shards, capsys
+) -> None:
+    import shutil
+
+    from videomem.eval.compare import compare
+
+    sweep = tmp_path / "ablation" / "x" / "2030-01-01_00-00-00"
+    for name in ("full_s0", "no_tcr_s0"):
+        shutil.copytree(policy_dir, sweep / name / "policy")
+        (sweep / name / ".hydra").mkdir()
+    (sweep / "no_psp_s0" / ".hydra").mkdir(parents=True)  # a job that saved no policy (killed)
+    args = ["eval-sweep", str(sweep.parent), f"shards={shards}", "limit=2", "generation.max_new_tokens=4"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "2 evaluated, 0 kept from before" in out and "no saved policy (not evaluated): no_psp_s0" in out
+    result = json.loads((sweep / "full_s0" / "test" / "eval.json").read_text())
+    assert result["n"] == 2 and result["settings"]["shards"] == str(shards)
+    assert main(args) == 0 and "0 evaluated, 2 kept from before" in capsys.readouterr().out
+    summary = compare(sweep)
+    accuracy = summary["variants"]["full"]["metrics"]["eval/accuracy"]
+    assert accuracy == {"mean": result["accuracy"], "std": 0.0, "n": 1}
+    report = (sweep / "compare" / "report.md").read_text()
+    assert "| variant | seeds | eval/accuracy |" in report and "## Test accuracy per family" in report
+
+
+def test_eval_sweep_of_a_bad_override_says_which_job_failed(tmp_path, policy_dir, capsys) -> None:
+    import shutil
+
+    shutil.copytree(policy_dir, tmp_path / "sweep" / "full_s0" / "policy")
+    (tmp_path / "sweep" / "full_s0" / ".hydra").mkdir()
+    assert main(["eval-sweep", str(tmp_path / "sweep"), "no_such_key=1"]) == 2
+    err = capsys.readouterr().err  # the job's own error, the progress bar, then one line of ours
+    assert "no_such_key" in err and "Traceback" not in err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("videomem eval-sweep: error: make eval of") and "full_s0 failed" in line and "no_such_key=1" in line

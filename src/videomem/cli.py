@@ -6,6 +6,7 @@
   videomem answer  VIDEO --question Q --option O (x N) [--clips T] [--checkpoint DIR]
   videomem export  CKPT OUT_DIR [--dtype bfloat16]   policy dir / Lightning .ckpt / sharded ckpt -> transformers dir
   videomem compare SWEEP [--out DIR] [--threshold X]   ablation sweep -> Markdown table + PNG curves
+  videomem eval-sweep SWEEP [--force] [run_eval overrides]   every job's policy on the test split
 
 A mistake in what was asked (a missing file, a bad value) ends with one line on stderr and exit code 2;
 ``--debug`` (anywhere on the line) or ``HYDRA_FULL_ERROR=1`` shows the traceback instead.
@@ -258,6 +259,38 @@ def cmd_shards(args: argparse.Namespace) -> int:
     return _passthrough(module)(args)
 
 
+def cmd_eval_sweep(args: argparse.Namespace) -> int:
+    """``make eval`` of every job of a sweep that saved a policy, into ``<job>/test/``.
+
+    Each job gets ``<job>/test/eval.json`` and its ``eval/*`` scalars in an event file under the job,
+    so ``make compare`` reports them beside the validation figures and TensorBoard shows them under the
+    job's run. Jobs evaluated before are kept (``--force`` redoes them); jobs without a policy are listed.
+    """
+    import subprocess
+
+    from tqdm import tqdm
+
+    from videomem.eval.compare import find_sweep, load_sweep
+
+    sweep = find_sweep(args.sweep)
+    jobs = [sweep / job.name for job in load_sweep(sweep)]
+    no_policy = [d.name for d in jobs if not (d / "policy" / "config.json").is_file()]
+    todo = [
+        d
+        for d in jobs
+        if d.name not in no_policy and (args.force or not (d / "test" / "eval.json").is_file())
+    ]
+    for job in tqdm(todo, desc=f"eval {sweep.name}", unit="job"):
+        cmd = [sys.executable, "-m", "videomem.run_eval", f"ckpt='{job / 'policy'}'"]
+        cmd += [f"hydra.run.dir='{job / 'test'}'", *args.overrides]
+        if subprocess.run(cmd, stdout=subprocess.DEVNULL).returncode != 0:
+            raise UserError(f"make eval of {job} failed: rerun `{' '.join(cmd)}` to see why")
+    print(f"{sweep}: {len(todo)} evaluated, {len(jobs) - len(todo) - len(no_policy)} kept from before")
+    if no_policy:
+        print(f"no saved policy (not evaluated): {', '.join(no_policy)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="videomem", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -301,6 +334,18 @@ def build_parser() -> argparse.ArgumentParser:
     answer.add_argument("--max-new-tokens", type=int, default=64)
     answer.add_argument("--seed", type=int, default=0)
     answer.set_defaults(func=cmd_answer)
+
+    sweep_eval = sub.add_parser(
+        "eval-sweep", help="evaluate every job of an ablation sweep on the test split"
+    )
+    sweep_eval.add_argument(
+        "sweep", help="a sweep dir (logs/ablation/<name>/<time>) or its parent (newest sweep)"
+    )
+    sweep_eval.add_argument(
+        "--force", action="store_true", help="evaluate jobs again that have test/eval.json"
+    )
+    sweep_eval.add_argument("overrides", nargs="*", help="run_eval overrides, e.g. limit=100 shards=DIR")
+    sweep_eval.set_defaults(func=cmd_eval_sweep)
 
     export = sub.add_parser("export", help="write a training checkpoint as a transformers checkpoint dir")
     export.add_argument(

@@ -4,7 +4,8 @@ Reads every job's TensorBoard scalars (``EventAccumulator``), groups the jobs by
 ``variant_name`` and ``seed`` from ``.hydra/config.yaml``, else its dir name ``<variant>_s<seed>``)
 and writes, under ``<sweep>/compare/`` by default:
 
-- ``report.md``: per variant, mean +- std over seeds (sample std, 0 for one seed) of the final
+- ``report.md``: per variant, mean +- std over seeds (sample std, 0 for one seed) of the test-split
+  figures where ``videomem eval-sweep`` wrote them (``eval/*``: accuracy, Seg1-N, per family), the final
   validation figures (last validation: accuracy, Seg1-N, per family, format rate, memory tokens), the
   rollout figures (mean over the last ``tail`` of logged steps: reward, answer reward, format rate,
   memory tokens), the step time (``time/rollout_s + time/update_s``, mean over logged steps), the
@@ -39,9 +40,18 @@ ROLLOUT_TAGS = [
     "rollout/memory_tokens",
 ]
 VAL_TAGS = ["val/accuracy", "val/format_valid_rate", "val/mean_memory_tokens"]
+TEST = "eval/accuracy"  # from `videomem eval-sweep`: the job's policy on the test split
 STEP_TIME = "time/step_s"  # derived: time/rollout_s + time/update_s
 STEPS_TO = "steps_to_threshold"
-MAIN_COLUMNS = ["val/accuracy", "val/seg_accuracy/*", *VAL_TAGS[1:], *ROLLOUT_TAGS, STEP_TIME]
+MAIN_COLUMNS = [
+    TEST,
+    "eval/seg_accuracy/*",
+    "val/accuracy",
+    "val/seg_accuracy/*",
+    *VAL_TAGS[1:],
+    *ROLLOUT_TAGS,
+    STEP_TIME,
+]
 
 
 @dataclass
@@ -125,7 +135,8 @@ def steps_to(series: Series, threshold: float) -> float:
 
 def job_metrics(job: Job, threshold: float | None, tail: float) -> dict[str, float]:
     """The job's final figures: last validation, rollout tail means, step time, steps to ``threshold``."""
-    out = {tag: series[-1][1] for tag, series in job.scalars.items() if tag.startswith("val/") and series}
+    last = {tag: series[-1][1] for tag, series in job.scalars.items() if series}
+    out = {tag: v for tag, v in last.items() if tag.startswith(("val/", "eval/"))}
     out.update({tag: tail_mean(job.scalars.get(tag, []), tail) for tag in ROLLOUT_TAGS})
     out[STEP_TIME] = step_time(job.scalars)
     if threshold is not None:
@@ -231,10 +242,9 @@ def report(summary: dict, sweep: Path, ablation: str, plots: list[str]) -> str:
     """The Markdown report of ``summarize``'s output."""
     variants, speed_ref, steps_ref = summary["variants"], summary["speed_baseline"], summary["steps_baseline"]
     names = sorted({k for v in variants.values() for k in v["metrics"]})
-    seg = [k for k in names if k.startswith("val/seg_accuracy/")]
-    fams = [k for k in names if k.startswith("val/per_category/")]
-    logged = {k for k in names if any(d["metrics"].get(k, {}).get("n") for d in variants.values())}
-    cols = [c for col in MAIN_COLUMNS for c in (seg if col.endswith("*") else [col]) if c in logged]
+    logged = [k for k in names if any(d["metrics"].get(k, {}).get("n") for d in variants.values())]
+    expand = lambda col: [k for k in logged if k.startswith(col[:-1])] if col.endswith("*") else [col]  # noqa: E731
+    cols = [c for col in MAIN_COLUMNS for c in expand(col) if c in logged]
 
     main_rows = [
         [v, ",".join(map(str, d["seeds"])), *(fmt(d["metrics"].get(c)) for c in cols)]
@@ -242,7 +252,6 @@ def report(summary: dict, sweep: Path, ablation: str, plots: list[str]) -> str:
         for v, d in variants.items()
     ]
     main_head = ["variant", "seeds", *cols] + ([f"speed vs {speed_ref}"] if speed_ref else [])
-    fam_rows = [[v, *(fmt(d["metrics"].get(f)) for f in fams)] for v, d in variants.items()]
     steps_rows = [
         [
             v,
@@ -259,7 +268,8 @@ def report(summary: dict, sweep: Path, ablation: str, plots: list[str]) -> str:
     out = [
         f"# Ablation `{ablation}`",
         "",
-        f"Sweep: `{sweep}`. Mean ± std over seeds (sample std; 0 for one seed). `val/*`: the last "
+        f"Sweep: `{sweep}`. Mean ± std over seeds (sample std; 0 for one seed). `eval/*`: the saved "
+        "policy on the test split (`videomem eval-sweep`), when evaluated; `val/*`: the last "
         "validation; `rollout/*`: mean over the last logged steps (`--tail`); `time/step_s`: mean of "
         f"time/rollout_s + time/update_s over logged steps.{speed_note}",
         "",
@@ -267,13 +277,16 @@ def report(summary: dict, sweep: Path, ablation: str, plots: list[str]) -> str:
         "",
         table(main_head, main_rows),
     ]
-    if fams:
-        out += [
-            "",
-            "## Validation accuracy per family",
-            "",
-            table(["variant", *(f.split("/")[-1] for f in fams)], fam_rows),
-        ]
+    for prefix, title in (("eval", "Test"), ("val", "Validation")):
+        fams = expand(f"{prefix}/per_category/*")
+        if fams:
+            rows = [[v, *(fmt(d["metrics"].get(f)) for f in fams)] for v, d in variants.items()]
+            out += [
+                "",
+                f"## {title} accuracy per family",
+                "",
+                table(["variant", *(f.split("/")[-1] for f in fams)], rows),
+            ]
     out += [
         "",
         f"## Steps to reach val/accuracy >= {summary['threshold']:g}",
