@@ -283,4 +283,8 @@ def test_eval_sweep_of_a_bad_override_says_which_job_failed(tmp_path, policy_dir
     err = capsys.readouterr().err  # the job's own error, the progress bar, then one line of ours
     assert "no_such_key" in err and "Traceback" not in err
     line = err.strip().splitlines()[-1]
-    assert line.startswith("videomem eval-sweep: error: make eval of") and "full_s0 failed" in line and "no_such_key=1" in line
+    assert (
+        line.startswith("videomem eval-sweep: error: make eval of")
+        and "full_s0 failed" in line
+        and "no_such_key=1" in line
+    )
