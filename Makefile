@@ -67,7 +67,7 @@ prpo: install ## PRPO (PSP + TCR) from logs/sft/latest (Hydra overrides in ARGS;
 ablate: install ## Ablation sweep NAME=<components|reward|cold_start|grpo_vs_prpo> (configs/ablation/), jobs one by one; needs logs/sft/latest
 	$(PY) -m videomem.run_prpo -m +ablation=$(NAME) $(ARGS)
 
-compare: install ## Table + curves of a sweep: SWEEP=logs/ablation/<name>[/<time>] (newest by default) -> <sweep>/compare/ (OUT=dir)
+compare: install ## Table + curves of a sweep: SWEEP=logs/ablation/<name>[/<time>] (newest by default) -> <sweep>/compare/ (OUT=dir); SWEEP="A B" OUT=dir merges sweeps (ARGS="--variants full,no_psp")
 	$(PY) -m videomem.cli compare $(SWEEP) $(if $(OUT),--out $(OUT)) $(ARGS)
 
 eval-sweep: install ## Evaluate every job of SWEEP=logs/ablation/<name>[/<time>] on the test split (<job>/test/; make compare reports eval/*)

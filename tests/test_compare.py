@@ -164,3 +164,33 @@ def test_coinciding_variants_get_distinct_markers_and_dashes(tmp_path: Path, mon
     assert plot_curves(groups, "val/accuracy", tmp_path / "acc.png")
     assert len(drawn) == 3 and len(set(drawn)) == 3
     assert (tmp_path / "acc.png").stat().st_size > 0
+
+
+def test_several_sweeps_merge_into_one_table(sweep: Path, tmp_path: Path) -> None:
+    """A table from two sweeps (a job one sweep shares with another is run once), variants picked in order."""
+    other = tmp_path / "ablation" / "other" / "2030-01-02_00-00-00"
+    write_job(other, 0, "prpo_only", 0, {"cold_start": False}, (0.1, 0.1, 0.2), 1.0)
+    out = tmp_path / "merged"
+    args = ["compare", str(other), str(sweep), "--variants", "full,prpo_only", "--out", str(out)]
+    assert cli_main(args) == 0
+    data = json.loads((out / "summary.json").read_text())
+    assert list(data["variants"]) == ["full", "prpo_only"]
+    assert data["variants"]["full"]["seeds"] == [0, 1]
+    assert data["variants"]["prpo_only"]["metrics"]["val/accuracy"]["mean"] == pytest.approx(0.2)
+    text = (out / "report.md").read_text()
+    assert "# Ablation `fake`" in text and f"Sweep: `{other}`, `{sweep}`." in text
+
+
+def test_several_sweeps_need_an_output_dir_and_no_repeated_job(sweep: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    write_job(other, 0, "full", 0, {}, (0.1, 0.1, 0.1), 1.0)
+    with pytest.raises(ValueError, match="--out"):
+        compare([sweep, other])
+    with pytest.raises(ValueError, match="full seed 0 is in both"):
+        compare([sweep, other], out=tmp_path / "o")
+    with pytest.raises(ValueError, match="no jobs of variant no_such"):
+        compare([sweep], variants=["full", "no_such"])
+    assert list(compare([sweep, other], tmp_path / "o", variants=["no_psp", "no_tcr"])["variants"]) == [
+        "no_psp",
+        "no_tcr",
+    ]

@@ -64,6 +64,7 @@ class Job:
     order: int  # Hydra's job number (sweep order); orders variants in the report
     switches: dict[str, bool] = field(default_factory=dict)  # psp, tcr, ... as configured
     scalars: dict[str, Series] = field(default_factory=dict)
+    path: Path = Path()  # the job's dir
 
 
 def read_scalars(job_dir: Path) -> dict[str, Series]:
@@ -90,7 +91,8 @@ def load_job(job_dir: Path) -> Job:
         OmegaConf.select(OmegaConf.load(hydra_file), "hydra.job.num", default=0) if hydra_file.exists() else 0
     )
     switches = {k: bool(cfg[k]) for k in ("psp", "tcr", "memory_penalty", "cold_start", "prpo") if k in cfg}
-    return Job(job_dir.name, str(variant), int(seed), int(order or 0), switches, read_scalars(job_dir))
+    scalars = read_scalars(job_dir)
+    return Job(job_dir.name, str(variant), int(seed), int(order or 0), switches, scalars, job_dir)
 
 
 def find_sweep(path: str | Path) -> Path:
@@ -238,7 +240,7 @@ def table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 
 
-def report(summary: dict, sweep: Path, ablation: str, plots: list[str]) -> str:
+def report(summary: dict, sweeps: list[Path], ablation: str, plots: list[str]) -> str:
     """The Markdown report of ``summarize``'s output."""
     variants, speed_ref, steps_ref = summary["variants"], summary["speed_baseline"], summary["steps_baseline"]
     names = sorted({k for v in variants.values() for k in v["metrics"]})
@@ -268,7 +270,7 @@ def report(summary: dict, sweep: Path, ablation: str, plots: list[str]) -> str:
     out = [
         f"# Ablation `{ablation}`",
         "",
-        f"Sweep: `{sweep}`. Mean ± std over seeds (sample std; 0 for one seed). `eval/*`: the saved "
+        f"Sweep: {', '.join(f'`{s}`' for s in sweeps)}. Mean ± std over seeds (sample std; 0 for one seed). `eval/*`: the saved "
         "policy on the test split (`videomem eval-sweep`), when evaluated; `val/*`: the last "
         "validation; `rollout/*`: mean over the last logged steps (`--tail`); `time/step_s`: mean of "
         f"time/rollout_s + time/update_s over logged steps.{speed_note}",
@@ -347,21 +349,50 @@ def plot_curves(groups: dict[str, list[Job]], tag: str, path: Path) -> bool:
 def ablation_name(sweep: Path, jobs: list[Job]) -> str:
     """The ``+ablation=<name>`` override of the sweep's jobs, else the sweep's parent dir name."""
     for job in jobs:
-        overrides = sweep / job.name / ".hydra" / "overrides.yaml"
+        overrides = job.path / ".hydra" / "overrides.yaml"
         for o in OmegaConf.load(overrides) if overrides.exists() else []:
             if str(o).lstrip("+").startswith("ablation="):
                 return str(o).split("=", 1)[1]
     return sweep.parent.name
 
 
+def select_jobs(sweeps: list[Path], variants: list[str] | None) -> list[Job]:
+    """The jobs of every sweep in turn, only ``variants`` (in that order) if given; one job per variant/seed."""
+    jobs = [job for sweep in sweeps for job in load_sweep(sweep)]
+    if variants:
+        missing = [v for v in variants if v not in {j.variant for j in jobs}]
+        if missing:
+            raise ValueError(f"no jobs of variant {', '.join(missing)} in {', '.join(map(str, sweeps))}")
+        jobs = sorted((j for j in jobs if j.variant in variants), key=lambda j: variants.index(j.variant))
+    seen: dict[tuple[str, int], Path] = {}
+    for job in jobs:
+        if (key := (job.variant, job.seed)) in seen:
+            raise ValueError(
+                f"{job.variant} seed {job.seed} is in both {seen[key]} and {job.path}: pick one with --variants"
+            )
+        seen[key] = job.path
+    return jobs
+
+
 def compare(
-    sweep: str | Path, out: str | Path | None = None, threshold: float | None = None, tail: float = 0.25
+    sweep: str | Path | list,
+    out: str | Path | None = None,
+    threshold: float | None = None,
+    tail: float = 0.25,
+    variants: list[str] | None = None,
 ) -> dict:
-    """Read a sweep, write ``report.md``, ``summary.json`` and the PNGs to ``out`` (default ``<sweep>/compare``)."""
-    sweep = find_sweep(sweep)
-    jobs = load_sweep(sweep)
+    """Read one sweep (or several, merged), write ``report.md``, ``summary.json`` and the PNGs to ``out``.
+
+    ``out`` defaults to ``<sweep>/compare`` for one sweep and must be given for several (a table whose
+    rows come from several sweeps: the jobs one sweep shares with another are run once).
+    """
+    sweeps = [find_sweep(s) for s in (sweep if isinstance(sweep, list | tuple) else [sweep])]
+    if out is None and len(sweeps) > 1:
+        raise ValueError("several sweeps: say where the report goes (--out DIR, make compare OUT=DIR)")
+    jobs = select_jobs(sweeps, variants)
     if not jobs:
-        raise FileNotFoundError(f"no jobs in {sweep}")
+        raise FileNotFoundError(f"no jobs in {', '.join(map(str, sweeps))}")
+    sweep = sweeps[0]
     out = Path(out) if out else sweep / "compare"
     out.mkdir(parents=True, exist_ok=True)
     summary = summarize(jobs, threshold, tail)
@@ -371,16 +402,25 @@ def compare(
         for name, tag in (("reward.png", REWARD), ("val_accuracy.png", ACCURACY))
         if plot_curves(groups, tag, out / name)
     ]
-    (out / "report.md").write_text(report(summary, sweep, ablation_name(sweep, jobs), plots))
-    (out / "summary.json").write_text(json.dumps(no_nan({"sweep": str(sweep), **summary}), indent=2) + "\n")
-    return {"sweep": str(sweep), "out": str(out), "plots": plots, **summary}
+    names = ", ".join(
+        dict.fromkeys(ablation_name(s, [j for j in jobs if j.path.parent == s]) for s in sweeps)
+    )
+    (out / "report.md").write_text(report(summary, sweeps, names, plots))
+    where = {"sweep": ", ".join(map(str, sweeps))}
+    (out / "summary.json").write_text(json.dumps(no_nan({**where, **summary}), indent=2) + "\n")
+    return {**where, "out": str(out), "plots": plots, **summary}
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI: ``SWEEP [--out DIR] [--threshold X] [--tail F]``; prints the report."""
+    """CLI: ``SWEEP [SWEEP ...] [--variants A,B] [--out DIR] [--threshold X] [--tail F]``; prints the report."""
     p = argparse.ArgumentParser(prog="videomem compare", description="Compare the jobs of an ablation sweep.")
-    p.add_argument("sweep", help="a sweep dir (logs/ablation/<name>/<time>) or its parent (newest sweep)")
-    p.add_argument("--out", help="output dir (default: <sweep>/compare)")
+    p.add_argument(
+        "sweep",
+        nargs="+",
+        help="a sweep dir (logs/ablation/<name>/<time>) or its parent (newest sweep); several are merged",
+    )
+    p.add_argument("--out", help="output dir (default: <sweep>/compare; required for several sweeps)")
+    p.add_argument("--variants", help="only these variants, in this order (comma-separated)")
     p.add_argument(
         "--threshold",
         type=float,
@@ -390,7 +430,8 @@ def main(argv: list[str] | None = None) -> int:
         "--tail", type=float, default=0.25, help="fraction of logged steps averaged for rollout figures"
     )
     args = p.parse_args(argv)
-    result = compare(args.sweep, args.out, args.threshold, args.tail)
+    variants = [v for v in args.variants.split(",") if v] if args.variants else None
+    result = compare(args.sweep, args.out, args.threshold, args.tail, variants)
     print((Path(result["out"]) / "report.md").read_text())
     print(f"written to {result['out']}")
     return 0
