@@ -38,6 +38,7 @@ ROLLOUT_TAGS = [
     "rollout/reward/answer",
     "rollout/format_valid",
     "rollout/memory_tokens",
+    "rollout/advantage/zero_fraction",  # samples without a learning signal (terminal reward: most)
 ]
 VAL_TAGS = ["val/accuracy", "val/format_valid_rate", "val/mean_memory_tokens"]
 TEST = "eval/accuracy"  # from `videomem eval-sweep`: the job's policy on the test split
