@@ -327,7 +327,13 @@ def plot_curves(groups: dict[str, list[Job]], tag: str, path: Path) -> bool:
         sd = [stdev(by_step[s]) if len(by_step[s]) > 1 else 0.0 for s in steps]
         marker, dash = styles[k % len(styles)]
         (line,) = ax.plot(
-            steps, mu, marker=marker, linestyle=dash, markersize=4, label=f"{variant} (n={len(js)})"
+            steps,
+            mu,
+            marker=marker,
+            linestyle=dash,
+            markersize=4 + 2 * (len(groups) - 1 - k),  # hollow, earlier variants larger: all stay visible
+            markerfacecolor="none",
+            label=f"{variant} (n={len(js)})",
         )
         ax.fill_between(
             steps,
