@@ -270,10 +270,10 @@ def cmd_eval_sweep(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from videomem.eval.compare import find_sweep, load_sweep
+    from videomem.eval.compare import find_sweep, job_dirs
 
     sweep = find_sweep(args.sweep)
-    jobs = [sweep / job.name for job in load_sweep(sweep)]
+    jobs = job_dirs(sweep)  # dirs only: the jobs' event files are not read here
     no_policy = [d.name for d in jobs if not (d / "policy" / "config.json").is_file()]
     todo = [
         d

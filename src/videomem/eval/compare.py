@@ -109,11 +109,15 @@ def find_sweep(path: str | Path) -> Path:
     return sweeps[-1]
 
 
+def job_dirs(sweep: Path) -> list[Path]:
+    """The sweep's job dirs (with ``.hydra/`` or event files), by name; nothing is read from them."""
+    dirs = sorted(d for d in sweep.iterdir() if d.is_dir() and d.name != "compare")
+    return [d for d in dirs if (d / ".hydra").exists() or any(d.rglob("events.out.tfevents.*"))]
+
+
 def load_sweep(sweep: Path) -> list[Job]:
     """Every job of the sweep, in sweep order."""
-    dirs = [d for d in sweep.iterdir() if d.is_dir() and d.name != "compare"]
-    jobs = [load_job(d) for d in dirs if (d / ".hydra").exists() or any(d.rglob("events.out.tfevents.*"))]
-    return sorted(jobs, key=lambda j: (j.order, j.name))
+    return sorted((load_job(d) for d in job_dirs(sweep)), key=lambda j: (j.order, j.name))
 
 
 def tail_mean(series: Series, tail: float) -> float:
