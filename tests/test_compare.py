@@ -149,7 +149,8 @@ def test_coinciding_variants_get_distinct_markers_and_dashes(tmp_path: Path, mon
     matplotlib.use("Agg")
     from matplotlib.axes import Axes
 
-    from videomem.eval.compare import Job, plot_curves
+    from videomem.eval.compare import Job
+    from videomem.eval.curves import plot_curves
 
     drawn: list[tuple[str, str]] = []
     real_plot = Axes.plot

@@ -29,6 +29,8 @@ from statistics import mean, stdev
 
 from omegaconf import OmegaConf
 
+from videomem.eval.curves import plot_curves
+
 Series = list[tuple[int, float]]  # (step, value), sorted by step
 
 ACCURACY = "val/accuracy"
@@ -308,55 +310,6 @@ def report(summary: dict, sweeps: list[Path], ablation: str, plots: list[str]) -
     return "\n".join(out) + "\n"
 
 
-def plot_curves(groups: dict[str, list[Job]], tag: str, path: Path) -> bool:
-    """Curve of ``tag`` per variant, mean over seeds at each step with a +-std band; False if no data."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    drawn = False
-    # a marker and a dash pattern per variant, so variants whose curves coincide stay visible
-    styles = [(m, d) for d in ("-", "--", ":", "-.") for m in ("o", "s", "^", "D", "v", "P", "X", "*")]
-    for k, (variant, js) in enumerate(groups.items()):
-        by_step: dict[int, list[float]] = {}
-        for j in js:
-            for step, value in j.scalars.get(tag, []):
-                by_step.setdefault(step, []).append(value)
-        if not by_step:
-            continue
-        steps = sorted(by_step)
-        mu = [mean(by_step[s]) for s in steps]
-        sd = [stdev(by_step[s]) if len(by_step[s]) > 1 else 0.0 for s in steps]
-        marker, dash = styles[k % len(styles)]
-        (line,) = ax.plot(
-            steps,
-            mu,
-            marker=marker,
-            linestyle=dash,
-            markersize=4 + 2 * (len(groups) - 1 - k),  # hollow, earlier variants larger: all stay visible
-            markerfacecolor="none",
-            label=f"{variant} (n={len(js)})",
-        )
-        ax.fill_between(
-            steps,
-            [m - s for m, s in zip(mu, sd)],
-            [m + s for m, s in zip(mu, sd)],
-            color=line.get_color(),
-            alpha=0.2,
-        )
-        drawn = True
-    if drawn:
-        ax.set(xlabel="step", ylabel=tag, title=tag)
-        ax.grid(alpha=0.3)
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return drawn
-
-
 def ablation_name(sweep: Path, jobs: list[Job]) -> str:
     """The ``+ablation=<name>`` override of the sweep's jobs, else the sweep's parent dir name."""
     for job in jobs:
@@ -371,8 +324,7 @@ def select_jobs(sweeps: list[Path], variants: list[str] | None) -> list[Job]:
     """The jobs of every sweep in turn, only ``variants`` (in that order) if given; one job per variant/seed."""
     jobs = [job for sweep in sweeps for job in load_sweep(sweep)]
     if variants:
-        missing = [v for v in variants if v not in {j.variant for j in jobs}]
-        if missing:
+        if missing := [v for v in variants if v not in {j.variant for j in jobs}]:
             raise ValueError(f"no jobs of variant {', '.join(missing)} in {', '.join(map(str, sweeps))}")
         jobs = sorted((j for j in jobs if j.variant in variants), key=lambda j: variants.index(j.variant))
     seen: dict[tuple[str, int], Path] = {}
