@@ -26,6 +26,12 @@ PYTEST_ARGS ?=
 # resume a killed run: RESUME=<its run dir> (logs/<task>/runs/<time>) continues from its checkpoints/last.ckpt
 RESUME ?=
 RESUME_ARGS := $(if $(RESUME),ckpt_path=$(RESUME)/checkpoints/last.ckpt)
+# make eval NPROC=N: N processes on this machine under torchrun (one per GPU, or CPU processes), the
+# batches dealt to them in turn, one JSON written by rank 0 (the same as NPROC=1 writes); all ranks
+# share one run dir
+NPROC ?= 1
+EVAL_LAUNCH := $(if $(filter-out 1,$(NPROC)),$(VENV)/bin/torchrun --standalone --nproc-per-node $(NPROC),$(PY))
+EVAL_DIR := $(if $(filter-out 1,$(NPROC)),'hydra.run.dir=$${paths.log_dir}/eval/runs/$(shell date +%Y-%m-%d_%H-%M-%S)')
 # extra `videomem answer` options; frames are decoded as the policy was trained (saved beside it), a
 # policy that saved none is fitted into --max-pixels (e.g. ANSWER_ARGS="--frame-size 56 56")
 ANSWER_ARGS ?=
@@ -73,8 +79,8 @@ compare: install ## Table + curves of a sweep: SWEEP=logs/ablation/<name>[/<time
 eval-sweep: install ## Evaluate every job of SWEEP=logs/ablation/<name>[/<time>] on the test split (<job>/test/; make compare reports eval/*)
 	$(PY) -m videomem.cli eval-sweep $(SWEEP) $(ARGS)
 
-eval: install ## Evaluate CKPT (default: synthetic test split; BENCH=<name> SHARDS=<dir> for a benchmark) to OUT=file.json
-	$(PY) -m videomem.run_eval ckpt=$(CKPT) $(if $(OUT),out=$(OUT)) $(if $(BENCH),bench=$(BENCH)) $(if $(SHARDS),shards=$(SHARDS)) $(ARGS)
+eval: install ## Evaluate CKPT (default: synthetic test split; BENCH=<name> SHARDS=<dir> for a benchmark) to OUT=file.json; NPROC=N ranks
+	$(EVAL_LAUNCH) -m videomem.run_eval ckpt=$(CKPT) $(if $(OUT),out=$(OUT)) $(if $(BENCH),bench=$(BENCH)) $(if $(SHARDS),shards=$(SHARDS)) $(EVAL_DIR) $(ARGS)
 
 eval-clips: install ## Clip-count generalisation (Figure 5): accuracy of CKPT on test videos of T=1..8 clips
 	$(PY) -m videomem.cli clips --ckpt $(CKPT) $(ARGS)
@@ -93,8 +99,8 @@ answer: install ## Answer a question about a real mp4 clip by clip (VIDEO=..., C
 export: install ## Any checkpoint (policy dir, Lightning .ckpt, sharded ckpt dir) -> transformers dir: CKPT=... OUT=dir
 	$(PY) -m videomem.cli export $(CKPT) $(OUT) $(ARGS)
 
-test: install ## Fast CPU test suite (no slow, gpu or perf tests)
-	$(PY) -m pytest -m "not slow and not gpu and not perf" -q $(PYTEST_ARGS) || [ $$? -eq 5 ]
+test: install ## Fast CPU test suite (no slow, gpu, perf or distributed tests)
+	$(PY) -m pytest -m "not slow and not gpu and not perf and not distributed" -q $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 bench: install ## Performance benchmarks (tests/perf): prints BENCH <name> <value> target PASS|MISS
 	$(PY) -m pytest tests/perf -m perf -q -s -p no:cacheprovider $(PYTEST_ARGS)

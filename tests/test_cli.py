@@ -198,7 +198,7 @@ def test_resolve_frames_prefers_explicit_then_saved_then_the_data_config(tmp_pat
 
 def eval_cfg(compose_cfg, ckpt: Path, shards: Path, out: Path, *extra: str):
     return compose_cfg(
-        "eval", [f"ckpt={ckpt}", f"shards={shards}", f"out={out}", "generation.max_new_tokens=4", *extra]
+        "eval", [f"ckpt={ckpt}", f"shards={shards}", f"out={out}", "decode.eval.max_new_tokens=4", *extra]
     )
 
 
@@ -260,7 +260,7 @@ def test_eval_sweep_evaluates_each_saved_policy_once_and_compare_reports_it(
         shutil.copytree(policy_dir, sweep / name / "policy")
         (sweep / name / ".hydra").mkdir()
     (sweep / "no_psp_s0" / ".hydra").mkdir(parents=True)  # a job that saved no policy (killed)
-    args = ["eval-sweep", str(sweep.parent), f"shards={shards}", "limit=2", "generation.max_new_tokens=4"]
+    args = ["eval-sweep", str(sweep.parent), f"shards={shards}", "limit=2", "decode.eval.max_new_tokens=4"]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "2 evaluated, 0 kept from before" in out and "no saved policy (not evaluated): no_psp_s0" in out

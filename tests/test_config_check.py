@@ -18,7 +18,7 @@ from videomem.config_check import RULES, ConfigError, Rule, check_config
 
 EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
 VARIANTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "variant").glob("*.yaml"))
-EVAL_KEYS = {"batch_size", "limit", "frames_per_clip", "generation.max_new_tokens", "frame_size"}
+EVAL_KEYS = {"batch_size", "limit", "frames_per_clip", "frame_size"}
 
 
 def _base(key: str) -> str:

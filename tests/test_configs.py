@@ -60,3 +60,35 @@ def test_experiments_compose(compose_cfg, monkeypatch, tmp_path, experiment: str
     for var in ("VIDEOMEM_QWEN3_VL_8B", "VIDEOMEM_QWEN2_5_VL_7B"):  # the paper recipes read a local model dir
         monkeypatch.setenv(var, str(tmp_path / var.lower()))
     OmegaConf.resolve(compose_cfg(task, [f"experiment={experiment}"]))
+
+
+# <memory></memory><answer>X</answer> and the end of turn: ~16 tokens in Qwen's tokenizer (configs/decode/paper.yaml)
+STEP_TAG_TOKENS = 16
+
+
+@pytest.mark.parametrize("experiment", [None, *EXPERIMENTS])
+def test_one_decode_group_sets_rollout_validation_and_eval(
+    compose_cfg, monkeypatch, tmp_path, experiment
+) -> None:
+    for var in ("VIDEOMEM_QWEN3_VL_8B", "VIDEOMEM_QWEN2_5_VL_7B"):
+        monkeypatch.setenv(var, str(tmp_path / var.lower()))
+    overrides = [f"experiment={experiment}"] if experiment else []
+    task = "sft" if experiment and "sft" in experiment else "prpo"
+    cfg = compose_cfg(task, overrides)
+    OmegaConf.resolve(cfg)
+    decode = cfg.decode
+    assert dict(cfg.module.val_generation) == dict(decode.eval)
+    if task == "prpo":
+        rollout = {k: cfg.module.rollout[k] for k in ("max_new_tokens", "temperature", "top_p")}
+        assert rollout == dict(decode.rollout)
+    if experiment is None or experiment.endswith("_tiny"):  # the tiny default decodes as it always has
+        assert (decode.eval.max_new_tokens, decode.rollout.max_new_tokens) == (48, 40)
+    else:  # the paper recipe: a memory may reach L_max and must come out whole, with its answer
+        l_max = compose_cfg("prpo", ["experiment=paper_prpo"]).module.reward.max_memory_tokens
+        assert min(decode.eval.max_new_tokens, decode.rollout.max_new_tokens) >= l_max + STEP_TAG_TOKENS
+    assert decode.eval.do_sample is False
+
+
+def test_make_eval_decodes_with_the_group_it_is_given(compose_cfg) -> None:
+    assert dict(compose_cfg("eval").decode.eval) == {"max_new_tokens": 48, "do_sample": False}
+    assert compose_cfg("eval", ["decode=paper"]).decode.eval.max_new_tokens == 1280

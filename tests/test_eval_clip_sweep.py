@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from videomem.eval.clip_sweep import clip_sweep, markdown
+from videomem.memory.loop import GenerationConfig
 from videomem.model.policy import build_policy
 
 
@@ -10,7 +11,9 @@ def test_clip_sweep_generates_each_T_and_reports_it(tmp_path) -> None:
     policy = build_policy(
         "qwen2_5_vl", tiny={"hidden_size": 64, "num_hidden_layers": 1}, system_prompt=""
     ).eval()
-    results = clip_sweep(policy, [1, 3], tmp_path, videos=2, batch_size=8, max_new_tokens=4)
+    results = clip_sweep(
+        policy, [1, 3], tmp_path, videos=2, batch_size=8, gen=GenerationConfig(max_new_tokens=4)
+    )
     assert sorted(results) == [1, 3]
     assert (tmp_path / "T1" / "test").is_dir() and (tmp_path / "T3" / "test").is_dir()
     assert len(results[1]["seg_accuracy"]) == 1 and len(results[3]["seg_accuracy"]) == 3

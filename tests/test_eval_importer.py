@@ -121,7 +121,7 @@ def test_make_eval_with_bench_scores_imported_shards_officially(videos_dir, tmp_
             f"out={out}",
             "frames_per_clip=4",
             "frame_size=[28,28]",
-            "generation.max_new_tokens=4",
+            "decode.eval.max_new_tokens=4",
         ],
     )
     result = run(cfg)

@@ -16,7 +16,7 @@ from videomem.model.checkpoint import FrameGeometry, saved_geometry
 from videomem.model.policy import Policy, build_policy
 from videomem.model.vision import CLIP_MEAN, CLIP_STD, HALF, frames_to_patches
 
-GEOMETRY = FrameGeometry(height=56, width=112, frames_per_clip=8, clips=4)
+GEOMETRY = FrameGeometry(height=56, width=112, frames_per_clip=8, clips=4, precision="bf16-mixed")
 
 
 def test_geometry_round_trips_through_save_and_load(tmp_path):
@@ -29,6 +29,7 @@ def test_geometry_round_trips_through_save_and_load(tmp_path):
         "width": 112,
         "frames_per_clip": 8,
         "clips": 4,
+        "precision": "bf16-mixed",  # the training precision: evaluation on a GPU runs in bfloat16
     }
     loaded = Policy.from_pretrained(tmp_path / "a")
     assert loaded.geometry == GEOMETRY and loaded.geometry.frame_size == (56, 112)

@@ -73,7 +73,9 @@ def test_lightning_ckpt_of_a_tiny_sft_run(compose_cfg, shards, tmp_path) -> None
     assert same_logits(exported, saved, some_question(shards))
     assert isinstance(Qwen3VLForConditionalGeneration.from_pretrained(out), Qwen3VLForConditionalGeneration)
     # the run's data config is the geometry the policy was trained with; the processor files go along
-    assert saved_geometry(out) == FrameGeometry(*cfg.data.frame_size, cfg.data.frames_per_clip)
+    expected = FrameGeometry(*cfg.data.frame_size, cfg.data.frames_per_clip, precision=cfg.trainer.precision)
+    assert saved_geometry(out) == expected  # and the precision it trained in: what evaluation runs it in
+    assert saved_geometry(run / "policy") == expected  # as the training run saved it (SavePolicy)
     assert (out / "preprocessor_config.json").is_file() and (out / "video_preprocessor_config.json").is_file()
 
 

@@ -61,3 +61,17 @@ def test_a_monitor_never_logged_warns_and_keeps_the_last(tmp_path, caplog) -> No
         fit(cb, [0.5, 0.9])
     assert (tmp_path / "latest" / "step").read_text() == "2"
     assert "'val/acc' was never logged" in caplog.text
+
+
+def test_the_training_precision_is_saved_beside_the_frame_geometry(tmp_path) -> None:
+    saved = {}
+
+    class Recording(FakePolicy):
+        def save_pretrained(self, path: Path, state_dict=None, *, geometry=None) -> None:
+            saved["geometry"] = geometry
+
+    data = SimpleNamespace(frame_size=[56, 56], frames_per_clip=8)
+    trainer = SimpleNamespace(is_global_zero=True, datamodule=data, precision="bf16-mixed")
+    SavePolicy(str(tmp_path / "p")).on_fit_end(trainer, SimpleNamespace(policy=Recording()))
+    geometry = saved["geometry"]
+    assert (geometry.frame_size, geometry.frames_per_clip, geometry.precision) == ((56, 56), 8, "bf16-mixed")

@@ -3,7 +3,7 @@
   videomem synth   --out data/synthetic ...        synthetic long-video QA shards
   videomem clips   --ckpt DIR [--clips 1 .. 8]     accuracy per clip count (Figure 5)
   videomem shards  --bench NAME --ann A --videos DIR --out DIR [--clips T]   benchmark or jsonl/llava -> shards
-  videomem answer  VIDEO --question Q --option O (x N) [--clips T] [--checkpoint DIR]
+  videomem answer  VIDEO --question Q --option O (x N) [--clips T] [--checkpoint DIR] [--decode paper]
   videomem export  CKPT OUT_DIR [--dtype bfloat16]   policy dir / Lightning .ckpt / sharded ckpt -> transformers dir
   videomem compare SWEEP [--out DIR] [--threshold X]   ablation sweep -> Markdown table + PNG curves
   videomem eval-sweep SWEEP [--force] [run_eval overrides]   every job's policy on the test split
@@ -159,21 +159,28 @@ def cmd_answer(args: argparse.Namespace) -> int:
     if args.checkpoint:
         check_policy_dir(args.checkpoint, "--checkpoint")
 
+    import dataclasses
+
     import torch
 
     from videomem.data.types import VideoQA
     from videomem.data.video import decode_frames, segment_video
     from videomem.eval.geometry import saved_frames
-    from videomem.memory.loop import GenerationConfig, run_memory_loop
-    from videomem.model.policy import Policy, build_policy
+    from videomem.eval.runtime import decode_settings, load_for_eval, resolve_device, resolve_dtype
+    from videomem.memory.loop import run_memory_loop
+    from videomem.model.policy import build_policy
 
+    gen = decode_settings(args.decode)
+    if args.max_new_tokens is not None:
+        gen = dataclasses.replace(gen, max_new_tokens=args.max_new_tokens)
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device, args.checkpoint)
     saved = saved_frames(args.checkpoint) if args.checkpoint else None  # the frames it was trained on
     if args.checkpoint:
-        policy = Policy.from_pretrained(args.checkpoint)
+        policy = load_for_eval(args.checkpoint, device, dtype)
     else:
         print("no --checkpoint: using a tiny RANDOM policy (the path is real, the answers are noise)")
-        policy = build_policy(args.arch)
-    policy.eval()
+        policy = build_policy(args.arch, dtype=str(dtype).removeprefix("torch.")).to(device).eval()
     frames_per_clip = args.frames_per_clip or (saved[1] if saved else 8)
     clips, spans, duration = segment_video(args.video, args.clips, frames_per_clip=frames_per_clip)
     if args.frame_size:
@@ -197,11 +204,12 @@ def cmd_answer(args: argparse.Namespace) -> int:
     print(
         f"video {args.video}: {duration:.1f}s, {args.clips} clips x {frames_per_clip} frames at {size[0]}x{size[1]}"
     )
+    print(f"policy on {device} in {dtype}, up to {gen.max_new_tokens} new tokens per clip step")
     print(f"question: {args.question}")
     for i, o in enumerate(args.option):
         print(f"  {LETTERS[i]}. {o}")
     torch.manual_seed(args.seed)
-    (result,) = run_memory_loop(policy, [qa], GenerationConfig(max_new_tokens=args.max_new_tokens))
+    (result,) = run_memory_loop(policy, [qa], gen)
     for t, step in enumerate(result.steps):
         a, b = spans[t]
         print(f"[clip {t + 1}/{len(spans)} {a:.1f}-{b:.1f}s] memory: {step.memory_out!r}")
@@ -261,6 +269,9 @@ def cmd_shards(args: argparse.Namespace) -> int:
 
 def cmd_eval_sweep(args: argparse.Namespace) -> int:
     """``make eval`` of every job of a sweep that saved a policy, into ``<job>/test/``.
+
+    One ``run_eval`` process per job, one job after another (each on the GPU when there is one: its
+    ``device=auto``); a sweep's jobs are small policies, so ranks would gain little over that.
 
     Each job gets ``<job>/test/eval.json`` and its ``eval/*`` scalars in an event file under the job,
     so ``make compare`` reports them beside the validation figures and TensorBoard shows them under the
@@ -331,7 +342,18 @@ def build_parser() -> argparse.ArgumentParser:
     answer.add_argument(
         "--max-pixels", type=int, default=128 * 32 * 32, help="pixels per frame (paper: 128*32*32)"
     )
-    answer.add_argument("--max-new-tokens", type=int, default=64)
+    answer.add_argument(
+        "--decode",
+        default="tiny",
+        help="decode group (configs/decode/): tiny, or paper for a paper-recipe policy",
+    )
+    answer.add_argument("--max-new-tokens", type=int, default=None, help="default: the decode group's")
+    answer.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
+    answer.add_argument(
+        "--dtype",
+        default="auto",
+        help="auto (on CUDA: as trained, e.g. bfloat16), float32, bfloat16, float16",
+    )
     answer.add_argument("--seed", type=int, default=0)
     answer.set_defaults(func=cmd_answer)
 

@@ -86,6 +86,11 @@ RULES: dict[str, Rule] = {
     "trainer.check_val_every_n_epoch": _int(1, "validation interval in epochs", nullable=True),
     "trainer.gradient_clip_val": _num("gradient clip, 0 or null: none", lo=0.0, nullable=True),
     "trainer.accumulate_grad_batches": _int(1, "batches accumulated"),
+    # decoding (configs/decode/), before the module keys that interpolate them
+    "decode.eval.max_new_tokens": _int(1, "greedy tokens per clip step"),
+    "decode.rollout.max_new_tokens": _int(1, "sampled tokens per clip step"),
+    "decode.rollout.temperature": _num("sampling temperature", **POSITIVE),
+    "decode.rollout.top_p": _num("nucleus mass", lo=0.0, hi=1.0, lo_open=True),
     # PRPO rollout (docs/method.md section 3)
     "module.rollout.group_size": _int(2, "G, samples per group"),
     "module.rollout.keep": _int(1, "K, memories carried per clip"),
@@ -151,7 +156,6 @@ RULES: dict[str, Rule] = {
     "batch_size": _int(1, "questions per batch"),
     "limit": _int(0, "questions evaluated; 0 or null: all", nullable=True),
     "frames_per_clip": _int(1, "frames per clip; null: as saved beside the policy", nullable=True),
-    "generation.max_new_tokens": _int(1, "tokens per clip"),
 }
 
 FRAME_SIDE = _int(1, "frame side")

@@ -57,7 +57,8 @@ def policy_from_run(ckpt: Path) -> Policy:
     cfg = OmegaConf.load(find_run_config(ckpt))
     factory = hydra.utils.instantiate(cfg.model)
     policy = factory(liger_kernels=False)
-    policy.geometry = FrameGeometry.from_data(cfg.get("data")) or policy.geometry
+    precision = OmegaConf.select(cfg, "trainer.precision", default=None)  # what evaluation runs it in
+    policy.geometry = FrameGeometry.from_data(cfg.get("data"), precision=precision) or policy.geometry
     return policy
 
 

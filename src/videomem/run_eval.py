@@ -1,11 +1,18 @@
 """Entry point of evaluation: ``python -m videomem.run_eval ckpt=DIR [overrides]`` (``make eval``).
 
-Built from config like training (``configs/eval.yaml`` composes the same data and model groups): the
-data group's datamodule streams the split (``shards``, default its test split), the model group's
-factory loads the saved policy, the greedy memory loop runs, and JSON is written with the metrics,
-the videos skipped as unreadable (``skipped``, ``skipped_samples``), the settings that make numbers
-comparable, and one record per question; the same figures go to TensorBoard under ``eval/``.
-Frames are decoded as the policy was trained (the geometry saved beside it, ``eval/geometry.py``).
+Built from config like training (``configs/eval.yaml`` composes the same data, model and decode
+groups): the data group's datamodule streams the split (``shards``, default its test split), the model
+group's factory loads the saved policy onto ``device`` in ``dtype`` (``eval/runtime.py``: CUDA when
+there is one, in the precision the policy trained in), the greedy memory loop runs with the decode
+group's ``eval`` settings, and JSON is written with the metrics, the videos skipped as unreadable
+(``skipped``, ``skipped_samples``), the settings that make numbers comparable, and one record per
+question; the same figures go to TensorBoard under ``eval/``. Frames are decoded as the policy was
+trained (the geometry saved beside it, ``eval/geometry.py``).
+
+Under ``torchrun --nproc-per-node N -m videomem.run_eval ...`` (also over several nodes) the split's
+batches of ``batch_size`` questions are dealt to the ranks in turn, every question once; rank 0 merges
+the records back into the split's order and alone writes the outputs, which are those a single process
+writes: the same batches decode the same way (``eval/distributed.py``).
 """
 
 from __future__ import annotations
@@ -13,6 +20,8 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import hydra
@@ -22,10 +31,14 @@ from omegaconf import DictConfig, OmegaConf
 from videomem import CONFIG_DIR
 from videomem.cli import UserError, check_shards, one_line_errors
 from videomem.config_check import check_config
+from videomem.data.shards import expand_shards
+from videomem.data.types import VideoQA
 from videomem.eval.benchmarks import BENCHMARKS
-from videomem.eval.evaluate import evaluate
+from videomem.eval.distributed import eval_process_group, gather_on_zero
+from videomem.eval.evaluate import evaluate_batches, merge_shares
 from videomem.eval.geometry import resolve_frames
 from videomem.eval.metrics import flatten_metrics
+from videomem.eval.runtime import resolve_device, resolve_dtype
 from videomem.memory.loop import GenerationConfig
 from videomem.memory.prompt import SYSTEM_PROMPT
 
@@ -53,56 +66,132 @@ def markdown_table(result: dict) -> str:
     return head + table + tail
 
 
-def load_policy(cfg: DictConfig):
-    """The model group's factory pointed at ``cfg.ckpt`` (its architecture read from the checkpoint)."""
-    ckpt = Path(cfg.ckpt)
-    if not (ckpt / "config.json").is_file():
-        what = "has no config.json" if ckpt.is_dir() else "does not exist"
+def check_ckpt(ckpt: str) -> None:
+    """Refuse a ``ckpt`` that is not a saved policy dir, saying how to get one."""
+    if not (Path(ckpt) / "config.json").is_file():
+        what = "has no config.json" if Path(ckpt).is_dir() else "does not exist"
         raise UserError(
-            f"ckpt={cfg.ckpt} {what}: evaluate a saved policy dir (`make sft` writes logs/sft/latest, "
+            f"ckpt={ckpt} {what}: evaluate a saved policy dir (`make sft` writes logs/sft/latest, "
             "`make prpo` logs/prpo/latest; make eval CKPT=<dir>)"
         )
-    arch = json.loads((ckpt / "config.json").read_text()).get("model_type")
+
+
+def load_policy(cfg: DictConfig, device: torch.device, dtype: torch.dtype):
+    """The model group's factory pointed at ``cfg.ckpt`` (its architecture read from the checkpoint),
+    loaded in ``dtype``, on ``device``."""
+    check_ckpt(cfg.ckpt)
+    arch = json.loads((Path(cfg.ckpt) / "config.json").read_text()).get("model_type")
     factory = hydra.utils.instantiate(cfg.model)
-    return factory(arch=arch, liger_kernels=False).eval()
+    dtype_name = str(dtype).removeprefix("torch.")
+    return factory(arch=arch, liger_kernels=False, dtype=dtype_name).to(device).eval()
 
 
-def run(cfg: DictConfig) -> dict:
-    """Evaluate ``cfg.ckpt`` on ``cfg.shards``; write ``cfg.out`` (and the run dir) JSON."""
-    torch.manual_seed(cfg.seed)
-    policy = load_policy(cfg)
+def chunk_batches(
+    positioned: Iterable[tuple[int, VideoQA]], size: int
+) -> Iterator[tuple[list[int], list[VideoQA]]]:
+    """``(positions, questions)`` per batch: the questions of one chunk of ``size`` positions (a chunk
+    whose questions were skipped as unreadable comes out shorter, or not at all)."""
+    for _, group in itertools.groupby(positioned, key=lambda item: item[0] // size):
+        items = list(group)
+        yield [i for i, _ in items], [qa for _, qa in items]
+
+
+def merge_skips(parts: list[tuple[int, list[dict]]], shards: list[str]) -> tuple[int, list[dict]]:
+    """The skip count over all ranks and each distinct skip once, by shard, then key (any rank split
+    gives the same list)."""
+    order = {url: i for i, url in enumerate(shards)}
+    seen, samples = set(), []
+    for _, listed in parts:
+        for r in listed:
+            ident = (r.get("split"), r.get("key"), r.get("url"), r.get("reason"))
+            if ident not in seen:
+                seen.add(ident)
+                samples.append(r)
+    samples.sort(key=lambda r: (order.get(r.get("url"), len(order)), str(r.get("key")), str(r.get("reason"))))
+    return sum(count for count, _ in parts), samples
+
+
+def write_outputs(result: dict, out_dir: Path, out: str | None) -> list[Path]:
+    """``eval.json`` + ``eval.md`` in the run dir (and ``out`` with its ``.md``), ``eval/*`` scalars to
+    TensorBoard under the run dir. Returns the JSON paths."""
+    paths = [out_dir / "eval.json"] + ([Path(out)] if out else [])
+    for path in paths:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=2))
+        path.with_suffix(".md").write_text(markdown_table(result))
+    from torch.utils.tensorboard import SummaryWriter
+
+    metrics = {k: v for k, v in result.items() if k not in _NOT_METRICS}
+    with SummaryWriter(str(out_dir / "tensorboard")) as writer:
+        for name, value in flatten_metrics(metrics, "eval").items():
+            writer.add_scalar(name, value, 0)
+    return paths
+
+
+# result keys that are not evaluation figures (everything else goes to TensorBoard as eval/*)
+_NOT_METRICS = {"n", "skipped", "skipped_samples", "official", "settings", "records"}
+
+
+def run(cfg: DictConfig) -> dict | None:
+    """Evaluate ``cfg.ckpt`` on ``cfg.shards``; write ``cfg.out`` (and the run dir) JSON.
+
+    Returns:
+        The written result on rank 0 (the only process of a plain run); None on the other ranks.
+    """
+    check_ckpt(cfg.ckpt)
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device, cfg.ckpt)
     data_default = (cfg.data.frame_size, cfg.data.frames_per_clip)
     frame_size, frames_per_clip = resolve_frames(cfg.ckpt, cfg.frame_size, cfg.frames_per_clip, data_default)
     if frame_size is None:
         raise UserError("no frame size: set frame_size=[H,W] (multiples of the policy's patch * merge)")
     check_shards("shards", cfg.shards)
-    # num_workers=0: decoding in this process, so the datamodule's skip count is this run's
-    datamodule = hydra.utils.instantiate(
-        cfg.data,
-        test_shards=cfg.shards,
-        frame_size=list(frame_size),
-        frames_per_clip=frames_per_clip,
-        num_workers=0,
-    )
-    questions = (qa for batch in datamodule.test_dataloader() for qa in batch)
-    if cfg.limit:
-        questions = itertools.islice(questions, cfg.limit)
-    metrics, records = evaluate(
-        policy,
-        questions,
-        batch_size=cfg.batch_size,
-        gen=GenerationConfig(**cfg.generation),
-        memory_off=cfg.memory_off,
-        total=cfg.limit,
-    )
-    official = None
-    if cfg.bench:
-        official = BENCHMARKS[cfg.bench].official_score(records)
+    gen = GenerationConfig(**cfg.decode.eval)
+    with eval_process_group(device) as (rank, world):
+        torch.manual_seed(cfg.seed)
+        policy = load_policy(cfg, device, dtype)
+        # num_workers=0: decoding in this process, so the datamodule's skip count is this rank's
+        datamodule = hydra.utils.instantiate(
+            cfg.data,
+            test_shards=cfg.shards,
+            frame_size=list(frame_size),
+            frames_per_clip=frames_per_clip,
+            num_workers=0,
+        )
+        stream = datamodule.eval_stream("test", cfg.shards, limit=cfg.limit or None, chunk=cfg.batch_size)
+        start = time.perf_counter()
+        share = evaluate_batches(
+            policy,
+            chunk_batches(stream.positioned(), cfg.batch_size),
+            gen=gen,
+            memory_off=cfg.memory_off,
+            total=(cfg.limit or None) if world == 1 else None,
+            progress=rank == 0,
+        )
+        log.info(
+            "rank %d of %d: %d questions in %.1f s",
+            rank,
+            world,
+            len(share.records),
+            time.perf_counter() - start,
+        )
+        parts = gather_on_zero((share, datamodule.skipped, datamodule.skipped_samples))
+        if parts is not None:  # every rank done: the evaluation's wall time, loading excluded
+            log.info(
+                "%d questions on %d rank(s) in %.1f s",
+                sum(len(p[0].records) for p in parts),
+                world,
+                time.perf_counter() - start,
+            )
+    if parts is None:
+        return None
+    metrics, records = merge_shares(share for share, _, _ in parts)
+    skipped, skipped_samples = merge_skips([(n, listed) for _, n, listed in parts], expand_shards(cfg.shards))
     result = {
         **metrics,
-        "skipped": datamodule.skipped,
-        "skipped_samples": datamodule.skipped_samples,  # {"split", "key", "url", "reason"} each
-        "official": official,
+        "skipped": skipped,
+        "skipped_samples": skipped_samples,  # {"split", "key", "url", "reason"} each
+        "official": BENCHMARKS[cfg.bench].official_score(records) if cfg.bench else None,
         "settings": {
             "ckpt": str(cfg.ckpt),
             "shards": str(cfg.shards),
@@ -111,33 +200,26 @@ def run(cfg: DictConfig) -> dict:
             "frames_per_clip": frames_per_clip,
             "frame_size": list(frame_size),
             "pixels_per_frame": int(frame_size[0]) * int(frame_size[1]),
-            "generation": OmegaConf.to_container(cfg.generation),
+            "generation": OmegaConf.to_container(cfg.decode.eval),
+            "device": device.type,
+            "dtype": str(dtype).removeprefix("torch."),
             "system_prompt": SYSTEM_PROMPT if policy.system_prompt is None else policy.system_prompt,
         },
         "records": records,
     }
-    out_dir = Path(cfg.paths.output_dir)
-    paths = [out_dir / "eval.json"] + ([Path(cfg.out)] if cfg.out else [])
-    for path in paths:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=2))
-        path.with_suffix(".md").write_text(markdown_table(result))
-    from torch.utils.tensorboard import SummaryWriter
-
-    with SummaryWriter(str(out_dir / "tensorboard")) as writer:
-        for name, value in flatten_metrics({k: v for k, v in metrics.items() if k != "n"}, "eval").items():
-            writer.add_scalar(name, value, 0)
+    paths = write_outputs(result, Path(cfg.paths.output_dir), cfg.out)
     log.info("eval: %s", json.dumps(metrics))
-    print(json.dumps({**metrics, "skipped": datamodule.skipped}, indent=2))
+    print(json.dumps({**metrics, "skipped": skipped}, indent=2))
     print(f"written: {', '.join(map(str, paths))}")
     return result
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
 @one_line_errors("run_eval")
-def main(cfg: DictConfig) -> float:
+def main(cfg: DictConfig) -> float | None:
     check_config(cfg)  # every numeric setting in range, before the policy is loaded
-    return float(run(cfg)["accuracy"])
+    result = run(cfg)
+    return None if result is None else float(result["accuracy"])
 
 
 if __name__ == "__main__":

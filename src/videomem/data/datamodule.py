@@ -16,7 +16,8 @@ WorkerSeed); otherwise (a 64-video val set is one shard) every consumer
 reads all shards and keeps videos v with v % consumers == its index. `val_limit` keeps the first N
 questions in shard order (it forces the per-video split, so the N are the same for any worker count).
 Ranks may then get unequal counts: log validation metrics through torchmetrics (synced once at epoch
-end), not with per-step collectives.
+end), not with per-step collectives. The stream is `EvalStream` (data/eval_stream.py), which `make
+eval` also reads, by chunks of questions (`eval_stream`).
 
 Bad data never stops or hangs a run: a video that fails to parse or decode, a question that breaks the
 schema, an empty shard and the rest of a truncated tar are skipped with a warning and counted
@@ -47,13 +48,12 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from videomem.data.distributed import rank_and_world
+from videomem.data.eval_stream import EvalStream
 from videomem.data.shards import (
     ShardFormatError,
     VideoQADecoder,
     expand_shards,
-    iter_samples,
     question_count,
-    read_meta,
 )
 from videomem.data.skips import SkipLog, StreamGuard
 from videomem.data.types import VideoQA
@@ -212,51 +212,6 @@ class TrainStream(IterableDataset):
             served = len(range(self.worker(), self.skip_batches, self.workers))  # batches of its stream
             skip = served * self.batch_size
         return itertools.islice(iter(self.pipeline), skip, None)
-
-
-class EvalStream(IterableDataset):
-    """Deterministic, unshuffled questions of a shard list, split over ranks and workers without overlap.
-
-    Args:
-        urls: Shard paths.
-        decoder: Turns raw samples into VideoQA, skipping corrupt ones.
-        limit: Keep only the first N questions (global shard order).
-        rank, world: This process's rank and the world size (fixed in the main process, see WorkerSeed).
-    """
-
-    def __init__(
-        self,
-        urls: list[str],
-        decoder: VideoQADecoder,
-        limit: int | None = None,
-        rank: int = 0,
-        world: int = 1,
-    ) -> None:
-        self.urls, self.decoder, self.limit, self.rank, self.world = urls, decoder, limit, rank, world
-
-    def __iter__(self) -> Iterator[VideoQA]:
-        worker, workers = _worker()
-        consumers, me = self.world * workers, self.rank * workers + worker
-        skips = self.decoder.skips
-        if self.limit is None and len(self.urls) >= consumers:  # = wds.split_by_node + wds.split_by_worker
-            mine = self.urls[self.rank :: self.world][worker::workers]
-            yield from self.decoder(iter_samples(mine, skips=skips))
-            return
-        seen = 0  # questions before this video, in global shard order
-        # every consumer reads every shard here: only consumer 0 records the shard-level skips
-        for v, sample in enumerate(iter_samples(self.urls, skips=skips if me == 0 else SkipLog())):
-            if self.limit is not None and seen >= self.limit:
-                return
-            try:
-                n = question_count(read_meta(sample))
-            except ShardFormatError as err:
-                if v % consumers == me:
-                    skips.add(sample.get("__key__"), sample.get("__url__"), f"ShardFormatError: {err}")
-                continue
-            if v % consumers == me:
-                keep = n if self.limit is None else min(n, self.limit - seen)
-                yield from self.decoder.decode(sample)[:keep]
-            seen += n
 
 
 class VideoQADataModule(L.LightningDataModule):
@@ -431,8 +386,14 @@ class VideoQADataModule(L.LightningDataModule):
     def _eval(self, split: str, shards, limit: int | None = None) -> DataLoader | list:
         if shards is None:
             return []
+        return self._loader(self.eval_stream(split, shards, limit))
+
+    def eval_stream(
+        self, split: str, shards, limit: int | None = None, chunk: int | None = None
+    ) -> EvalStream:
+        """This rank's share of ``shards`` (``EvalStream``; ``make eval`` iterates it in-process, by chunks)."""
         rank, world = rank_and_world(self.trainer)
-        return self._loader(EvalStream(expand_shards(shards), self._decoder(split), limit, rank, world))
+        return EvalStream(expand_shards(shards), self._decoder(split), limit, rank, world, chunk)
 
     def val_dataloader(self) -> DataLoader | list:
         return self._eval("val", self.hparams.val_shards, self.hparams.val_limit)

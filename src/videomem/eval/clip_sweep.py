@@ -7,8 +7,12 @@ T (4 by default); a memory that generalises keeps (or improves) its accuracy as 
 
 Frames are decoded as the policy was trained (the geometry saved beside it), else as the synthetic
 data config says (``configs/data/synthetic.yaml``); ``--frame-size`` / ``--frames-per-clip`` override.
+The policy runs on the GPU when there is one, in the dtype it trained in (``--device`` / ``--dtype``,
+``eval/runtime.py``), decoding as the decode group ``--decode`` says (``configs/decode/``). One process:
+the sweep is small (``videos`` x 3 questions per T); ``make eval`` is the one that runs across ranks.
 
-``videomem clips --ckpt DIR [--clips 1 2 ... 8] [--videos 32] [--out DIR]`` (``make eval-clips``).
+``videomem clips --ckpt DIR [--clips 1 2 ... 8] [--videos 32] [--out DIR] [--decode tiny|paper]``
+(``make eval-clips``).
 """
 
 from __future__ import annotations
@@ -30,11 +34,12 @@ def clip_sweep(
     frames_per_clip: int | None = None,
     frame_size: tuple[int, int] | None = None,
     batch_size: int = 64,
-    max_new_tokens: int = 48,
+    gen=None,
 ) -> dict[int, dict]:
     """Generate a T-clip test split for each T in ``clip_counts`` and evaluate ``policy`` on it.
 
-    ``frames_per_clip`` / ``frame_size``: None takes the synthetic data config's.
+    ``frames_per_clip`` / ``frame_size``: None takes the synthetic data config's. ``gen``: the decoding
+    (a ``GenerationConfig``; None: the tiny decode group's greedy settings).
 
     Returns:
         ``{T: metrics}`` with the keys of ``evaluate`` (accuracy, seg_accuracy, per_category, ...).
@@ -42,7 +47,7 @@ def clip_sweep(
     from videomem.data.shards import expand_shards, iter_shard_videoqa
     from videomem.data.synthetic import generate_dataset
     from videomem.eval.evaluate import evaluate
-    from videomem.memory.loop import GenerationConfig
+    from videomem.eval.runtime import decode_settings
 
     default_size, default_frames = data_config_frames("synthetic")
     frame_size = default_size if frame_size is None else frame_size
@@ -60,7 +65,7 @@ def clip_sweep(
             policy,
             questions,
             batch_size=batch_size,
-            gen=GenerationConfig(max_new_tokens=max_new_tokens),
+            gen=gen or decode_settings("tiny"),
             total=videos * 3,
         )
         results[num_clips] = metrics
@@ -100,17 +105,31 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--frames-per-clip", type=int, help="default: as the policy was trained, else the data config's"
     )
+    p.add_argument("--decode", default="tiny", help="decode group (configs/decode/): tiny, or paper")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        help="auto (on CUDA: as trained, e.g. bfloat16), float32, bfloat16, float16",
+    )
 
 
 def run(a: argparse.Namespace) -> int:
     """``videomem clips``: sweep, then write ``clips.json`` and ``clips.md`` under ``--out``."""
-    from videomem.model.policy import Policy
+    from videomem.eval.runtime import decode_settings, load_for_eval, resolve_device, resolve_dtype
 
     if min(a.clips) < 1 or a.videos < 1:
         raise ValueError("--clips and --videos must be >= 1")
+    gen = decode_settings(a.decode)
     size, frames = resolve_frames(a.ckpt, a.frame_size, a.frames_per_clip, data_config_frames("synthetic"))
-    policy = Policy.from_pretrained(a.ckpt).eval()
-    results = clip_sweep(policy, a.clips, a.data, videos=a.videos, frame_size=size, frames_per_clip=frames)
+    device = resolve_device(a.device)
+    policy = load_for_eval(a.ckpt, device, resolve_dtype(a.dtype, device, a.ckpt))
+    print(
+        f"policy on {device} in {next(policy.parameters()).dtype}, up to {gen.max_new_tokens} tokens per step"
+    )
+    results = clip_sweep(
+        policy, a.clips, a.data, videos=a.videos, frame_size=size, frames_per_clip=frames, gen=gen
+    )
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "clips.json").write_text(json.dumps({str(t): m for t, m in results.items()}, indent=2))

@@ -9,8 +9,10 @@ training's validation sends to TensorBoard).
 
 from __future__ import annotations
 
+import copy
 import itertools
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 
 from tqdm.auto import tqdm
 
@@ -19,7 +21,7 @@ from videomem.eval.metrics import MemoryQAMetrics, update_metrics
 from videomem.memory.loop import GenerationConfig, LoopResult, run_memory_loop
 
 
-def batched(items: Iterable[VideoQA], size: int) -> Iterator[list[VideoQA]]:
+def batched(items: Iterable, size: int) -> Iterator[list]:
     """Consecutive lists of ``size`` items (the last may be shorter)."""
     it = iter(items)
     while batch := list(itertools.islice(it, size)):
@@ -56,6 +58,83 @@ def result_text(result: LoopResult) -> str:
     return "\n".join(lines)
 
 
+@dataclass
+class EvalShare:
+    """One process's share of an evaluation, ready to be merged with the others' (``merge_shares``).
+
+    Attributes:
+        positions: Per record, its question's index in the whole split (the merge order).
+        records: One JSON record per question evaluated here (``record``).
+        metrics: The metric counts of these questions (CPU tensors); None when there were none.
+    """
+
+    positions: list[int] = field(default_factory=list)
+    records: list[dict] = field(default_factory=list)
+    metrics: MemoryQAMetrics | None = None
+
+
+def evaluate_batches(
+    policy,
+    batches: Iterable[tuple[list[int], list[VideoQA]]],
+    *,
+    gen: GenerationConfig | None = None,
+    memory_off: bool = False,
+    total: int | None = None,
+    progress: bool = True,
+) -> EvalShare:
+    """Run the loop on every batch: ``(positions, questions)`` each; a process's share of an evaluation.
+
+    Args:
+        policy: The policy.
+        batches: Questions with decoded clips, batched, each with its index in the whole split.
+        gen: Decoding settings (greedy if None).
+        memory_off: Replace every carried memory by empty text (the memory-off control).
+        total: Number of questions, for the progress bar.
+        progress: Show a progress bar.
+    """
+    share = EvalShare()
+    bar = tqdm(total=total, desc="eval", unit="q", disable=not progress)
+    for positions, batch in batches:
+        results = run_memory_loop(policy, batch, gen, memory_off=memory_off)
+        if share.metrics is None:
+            # sync_on_compute=False: shares are merged explicitly (merge_shares), never all-reduced
+            num_clips = max(qa.num_clips for qa in batch)
+            share.metrics = MemoryQAMetrics(num_clips=num_clips, sync_on_compute=False)
+        update_metrics(share.metrics, results)
+        share.positions.extend(positions)
+        share.records.extend(record(r) for r in results)
+        bar.update(len(batch))
+    bar.close()
+    return share
+
+
+def merge_shares(shares: Iterable[EvalShare]) -> tuple[dict, list[dict]]:
+    """The metrics over all shares and every record in split order: what one process would have given.
+
+    The metric states are integer counts, so their sum does not depend on how the questions were split.
+
+    Raises:
+        ValueError: No question at all, or shares of different clip counts T.
+    """
+    shares = list(shares)
+    metrics = [s.metrics for s in shares if s.metrics is not None]
+    if not metrics:
+        raise ValueError("no questions to evaluate (empty shards?)")
+    clips = sorted({m.num_clips for m in metrics})
+    if len(clips) > 1:
+        raise ValueError(
+            f"every question needs the same number of clips, got T in {clips}: evaluate one T at a time"
+        )
+    merged = copy.deepcopy(metrics[0])
+    for m in metrics[1:]:
+        merged.merge_state(m)
+    ordered = sorted(
+        zip((p for s in shares for p in s.positions), (r for s in shares for r in s.records)),
+        key=lambda pr: pr[0],
+    )
+    return merged.compute(), [r for _, r in ordered]
+
+
 def evaluate(
     policy,
     questions: Iterable[VideoQA],
@@ -66,7 +145,7 @@ def evaluate(
     total: int | None = None,
     progress: bool = True,
 ) -> tuple[dict, list[dict]]:
-    """Run the loop on every question and aggregate.
+    """Run the loop on every question in one process and aggregate.
 
     Args:
         policy: The policy.
@@ -80,19 +159,7 @@ def evaluate(
     Returns:
         ``(metrics, records)``: the metric dict and one JSON record per question.
     """
-    metrics: MemoryQAMetrics | None = None
-    records: list[dict] = []
-    bar = tqdm(total=total, desc="eval", unit="q", disable=not progress)
-    for batch in batched(questions, batch_size):
-        results = run_memory_loop(policy, batch, gen, memory_off=memory_off)
-        if metrics is None:
-            metrics = MemoryQAMetrics(num_clips=max(qa.num_clips for qa in batch))
-        update_metrics(metrics, results)
-        records.extend(record(r) for r in results)
-        bar.update(len(batch))
-    bar.close()
-    if metrics is None:
-        raise ValueError("no questions to evaluate (empty shards?)")
-    values = metrics.compute()
-    values["n"] = int(values["n"])
-    return values, records
+    indexed = batched(enumerate(questions), batch_size)
+    batches = (([i for i, _ in b], [qa for _, qa in b]) for b in indexed)
+    share = evaluate_batches(policy, batches, gen=gen, memory_off=memory_off, total=total, progress=progress)
+    return merge_shares([share])

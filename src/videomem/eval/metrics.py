@@ -153,9 +153,13 @@ class MemoryQAMetrics(Metric):
                     counts[1] += 1
 
     def _dynamic_counts(self) -> dict[str, list[int]]:
-        """The discovered categories' counts, summed over all processes when distributed."""
+        """The discovered categories' counts, summed over all processes when distributed (and synced on
+        compute: ``make eval`` merges its shares itself, ``eval.evaluate.merge_shares``)."""
         if not (
-            dist.is_available() and dist.is_initialized() and dist.get_world_size(self.process_group) > 1
+            self.sync_on_compute
+            and dist.is_available()
+            and dist.is_initialized()
+            and dist.get_world_size(self.process_group) > 1
         ):
             return self._dynamic
         gathered: list[dict[str, list[int]] | None] = [None] * dist.get_world_size(self.process_group)

@@ -21,7 +21,12 @@ from videomem.memory.prompt import ParsedOutput, build_messages, parse_output
 
 @dataclass
 class GenerationConfig:
-    """Decoding settings of one clip step."""
+    """Decoding settings of one clip step.
+
+    The commands build it from the decode group (``configs/decode/``: ``eval`` for the greedy loops,
+    ``rollout`` for PRPO's samples), whose ``max_new_tokens`` covers the longest memory the policy
+    may write plus its tags and answer; the defaults here serve direct calls of the library.
+    """
 
     max_new_tokens: int = 64
     do_sample: bool = False

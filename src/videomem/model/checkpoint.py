@@ -5,8 +5,9 @@ A saved dir holds the weights and ``config.json`` (loadable by ``Qwen2_5_VLForCo
 transformers processor files (``model/processor_files.py``, so AutoProcessor and serving engines load
 it) and ``videomem_policy.json``: the vision geometry and normalisation, the system prompt, and the
 frame geometry the policy was trained with (``FrameGeometry``: frame height and width, frames per
-clip, clips when known), which ``saved_geometry`` reads without loading the model, so that evaluation
-and ``videomem answer`` can decode frames as the policy saw them in training.
+clip, clips when known, and the training precision), which ``saved_geometry`` reads without loading
+the model, so that evaluation and ``videomem answer`` decode frames as the policy saw them in
+training, and run it in the dtype it trained in.
 
 Loading also accepts a real Qwen-VL checkpoint dir (chat template beside the tokenizer, normalisation
 from its preprocessor config). Nothing is ever downloaded.
@@ -35,19 +36,23 @@ __all__ = ["MODEL_CLASSES", "POLICY_FILE", "FrameGeometry", "build_policy", "sav
 
 @dataclass(frozen=True)
 class FrameGeometry:
-    """The frames a policy was trained on (the data config's ``frame_size`` and ``frames_per_clip``).
+    """The frames a policy was trained on (the data config's ``frame_size`` and ``frames_per_clip``),
+    and the precision it was trained in.
 
     Attributes:
         height: Frame height in pixels (a multiple of the policy's ``patch_multiple``).
         width: Frame width in pixels.
         frames_per_clip: Frames sampled from every clip.
         clips: Clips per video T, when known (the shards fix it, not the data config); else None.
+        precision: The Lightning precision of the training run (``"32-true"``, ``"bf16-mixed"``, ...);
+            None: unknown. Evaluation on a GPU runs the policy in its dtype (``eval/runtime.py``).
     """
 
     height: int
     width: int
     frames_per_clip: int
     clips: int | None = None
+    precision: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("height", "width", "frames_per_clip"):
@@ -55,6 +60,8 @@ class FrameGeometry:
                 raise ValueError(f"FrameGeometry.{name} must be a positive int, got {getattr(self, name)!r}")
         if self.clips is not None and (not isinstance(self.clips, int) or self.clips <= 0):
             raise ValueError(f"FrameGeometry.clips must be a positive int or None, got {self.clips!r}")
+        if self.precision is not None and not isinstance(self.precision, str):
+            raise ValueError(f"FrameGeometry.precision must be a string or None, got {self.precision!r}")
 
     @property
     def frame_size(self) -> tuple[int, int]:
@@ -62,8 +69,11 @@ class FrameGeometry:
         return (self.height, self.width)
 
     @classmethod
-    def from_data(cls, data: Any, clips: int | None = None) -> FrameGeometry | None:
-        """From a ``VideoQADataModule`` or a data config (``frame_size`` [H, W], ``frames_per_clip``).
+    def from_data(
+        cls, data: Any, clips: int | None = None, precision: str | int | None = None
+    ) -> FrameGeometry | None:
+        """From a ``VideoQADataModule`` or a data config (``frame_size`` [H, W], ``frames_per_clip``),
+        and the run's ``trainer.precision``.
 
         Returns None when the data keeps the stored frame size (``frame_size: null``).
         """
@@ -74,13 +84,19 @@ class FrameGeometry:
         if size is None or frames is None:
             return None
         height, width = (int(s) for s in size)
-        return cls(height, width, int(frames), clips)
+        return cls(height, width, int(frames), clips, None if precision is None else str(precision))
 
     @classmethod
     def from_dict(cls, d: dict) -> FrameGeometry:
         """Inverse of ``dataclasses.asdict``; a clear error on a malformed entry."""
         try:
-            return cls(int(d["height"]), int(d["width"]), int(d["frames_per_clip"]), d.get("clips"))
+            return cls(
+                int(d["height"]),
+                int(d["width"]),
+                int(d["frames_per_clip"]),
+                d.get("clips"),
+                d.get("precision"),
+            )
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(f"malformed frame geometry {d!r}: {err}") from None
 

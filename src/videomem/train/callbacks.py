@@ -64,9 +64,9 @@ class SavePolicy(Callback):
             state = {k.removeprefix("policy."): v for k, v in full.items() if k.startswith("policy.")}
         if not trainer.is_global_zero:
             return False
-        # the frame geometry it was trained with, so `make eval` and `videomem answer` reuse it
+        # the frame geometry and precision it was trained with, so `make eval` and `videomem answer` reuse them
         data = getattr(trainer, "datamodule", None)
-        geometry = FrameGeometry.from_data(data) if data is not None else None
+        geometry = FrameGeometry.from_data(data, precision=trainer.precision) if data is not None else None
         pl_module.policy.save_pretrained(path, state_dict=state, geometry=geometry)
         return True
 
