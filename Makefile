@@ -93,8 +93,8 @@ shards: install ## Import a benchmark or training set as shards: BENCH=<videomme
 	$(PY) -m videomem.cli shards --bench $(BENCH) --ann $(ANN) --videos $(VIDEOS) --out $(OUT) --clips $(or $(CLIPS),4) \
 		$(if $(WORKERS),--workers $(WORKERS)) $(if $(PART),--part $(PART)) $(ARGS)
 
-memories: install ## Teacher memory chains for shards: SHARDS=dir OUT=dir [ARGS="teacher=tiny|local|openai ..."] (docs/data.md)
-	$(PY) -m videomem.run_memories shards=$(SHARDS) out=$(OUT) $(ARGS)
+memories: install ## Teacher memory chains for shards: SHARDS=dir OUT=dir [PART=i/n] [ARGS="teacher=tiny|local|openai ..."] (docs/data.md)
+	$(PY) -m videomem.run_memories shards=$(SHARDS) out=$(OUT) $(if $(PART),part=$(PART)) $(ARGS)
 
 answer: install ## Answer a question about a real mp4 clip by clip (VIDEO=..., CKPT=...)
 	$(PY) -m videomem.cli answer $(or $(VIDEO),$$($(PY) -c 'from videomem.cli import sample_video; print(sample_video())')) \
