@@ -8,7 +8,7 @@ benchmark's published files: the caller reads them) and:
 2. for each chunk of videos of this machine's buckets (``PART=i/n``), unless it is already done,
    locates each video file (locate.py), cuts it into T clips (``segment_video``: seeks, decodes only
    what it keeps), and writes the chunk's shard ``OUT/<prefix>-<bucket>-<chunk>.tar``; ``workers``
-   processes make chunks side by side.
+   processes (this one and ``workers - 1`` spawned) make chunks side by side.
 
 Resuming: a shard is written under ``OUT/.import/`` and renamed into place, and only then marked done
 (``OUT/.import/<shard>.json``, its counts); a rerun skips done shards without decoding a frame. The
@@ -156,25 +156,36 @@ def make_shard(task: ShardTask) -> dict:
 def _run(
     tasks: Iterator[tuple[ShardTask, int]], workers: int, done: Callable[[str, dict, int], None]
 ) -> None:
-    """Make every task, in this process or ``workers`` spawned processes (at most 2 per worker queued)."""
+    """Make every task in ``workers`` processes: this one and ``workers - 1`` spawned ones.
+
+    This process makes a shard itself whenever the others have two queued each, so no time is lost
+    while they start (spawning one costs seconds: it imports torch).
+    """
     if workers == 1:
         for task, questions in tasks:
             done(task.name, make_shard(task), questions)
         return
     # spawn, not fork: the parent may hold decoder or torch threads that a fork would copy half-way
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+    pool = ProcessPoolExecutor(max_workers=workers - 1, mp_context=multiprocessing.get_context("spawn"))
     pending: dict = {}
-    try:
-        for task, questions in tasks:
-            pending[pool.submit(make_shard, task)] = (task.name, questions)
-            while len(pending) >= 2 * workers:
-                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for f in finished:
-                    name, questions = pending.pop(f)
-                    done(name, f.result(), questions)
-        for f in list(pending):
+
+    def collect(block: bool) -> None:
+        finished = (
+            wait(pending, return_when=FIRST_COMPLETED)[0] if block else [f for f in pending if f.done()]
+        )
+        for f in finished:
             name, questions = pending.pop(f)
             done(name, f.result(), questions)
+
+    try:
+        for task, questions in tasks:
+            if len(pending) < 2 * (workers - 1):
+                pending[pool.submit(make_shard, task)] = (task.name, questions)
+            else:
+                done(task.name, make_shard(task), questions)
+            collect(block=False)
+        while pending:
+            collect(block=True)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
@@ -229,7 +240,7 @@ def import_videos(
         max_per_shard: Videos per shard (chunk).
         limit: Stop once about this many videos were written (whole shards; a smoke run, the next run
             goes on).
-        workers: Processes making shards side by side.
+        workers: Processes making shards side by side (this one included).
         part: ``"i/n"``: make only this machine's share of n (None: all).
 
     Returns:

@@ -2,7 +2,7 @@
 
 An annotation file is read once, as a stream, into ``B`` buckets on disk (``OUT/.import/bucket-*.jsonl``,
 one JSON line per annotation item): a video belongs to bucket ``crc32(video_id) % B``, and ``B`` depends
-only on the annotation's size (``bucket_count``: at least 16, one per 16 MiB). A bucket is then loaded
+only on the annotation's size (``bucket_count``: at least 16, one per 4 MiB). A bucket is then loaded
 alone (memory bounded by one bucket, not by the file), its items grouped by video in the order they
 first appear (a video's questions may be scattered over the file), and its videos cut into chunks of
 ``max_per_shard``: chunk c of bucket b is shard ``<prefix>-<b:05d>-<c:04d>.tar``.
@@ -25,8 +25,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 MIN_BUCKETS = 16
-BUCKET_BYTES = 16 << 20
-_FLUSH_BYTES = 32 << 20  # spilled lines buffered in memory before they are appended to their buckets
+BUCKET_BYTES = 4 << 20
+_FLUSH_BYTES = 8 << 20  # spilled lines buffered in memory before they are appended to their buckets
 
 
 @dataclass
@@ -55,7 +55,7 @@ class ImportItem:
 
 
 def bucket_count(ann: str | Path) -> int:
-    """B for an annotation file or directory: one bucket per 16 MiB of annotation, at least 16."""
+    """B for an annotation file or directory: one bucket per 4 MiB of annotation, at least 16."""
     path = Path(ann)
     size = (
         sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
