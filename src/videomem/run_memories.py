@@ -14,9 +14,10 @@ from omegaconf import DictConfig
 
 from videomem import CONFIG_DIR
 from videomem.cli import UserError, one_line_errors
+from videomem.data.importers.plan import parse_part
 from videomem.teacher.chain import Prompts
 from videomem.teacher.local import memory_limiter
-from videomem.teacher.outdir import OutLocked, lock_out, parse_part, part_suffix
+from videomem.teacher.outdir import OutLocked, lock_out, part_suffix
 from videomem.teacher.pipeline import fill_memories
 from videomem.teacher.spot_check import write_spot_check
 

@@ -30,23 +30,6 @@ class OutLocked(RuntimeError):
     """Another run is writing this OUT (or this part of it)."""
 
 
-def parse_part(part: str | None) -> tuple[int, int]:
-    """``"i/n"`` -> (i, n) with 1 <= i <= n; None -> (1, 1).
-
-    Raises:
-        ValueError: Not of the form i/n.
-    """
-    if part is None:
-        return 1, 1
-    try:
-        i, n = (int(x) for x in str(part).split("/"))
-    except ValueError:
-        i = n = 0
-    if not 1 <= i <= n:
-        raise ValueError(f"part must be i/n with 1 <= i <= n (this machine's share of n), got {part!r}")
-    return i, n
-
-
 def part_suffix(part: tuple[int, int]) -> str:
     """``""`` for the whole run, ``".part<i>of<n>"`` for a part (its summary, failures, page)."""
     return "" if part[1] == 1 else f".part{part[0]}of{part[1]}"

@@ -36,6 +36,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from videomem.data.importers.plan import parse_part  # one rule for PART=i/n, make shards' and this
 from videomem.data.shards import (
     VideoSample,
     clip_fields,
@@ -48,7 +49,7 @@ from videomem.data.shards import (
 from videomem.data.types import VideoQA
 from videomem.teacher.answerability import check_answers
 from videomem.teacher.chain import Captioner, Captions, Prompts, Writer, run_chains
-from videomem.teacher.outdir import STATE_DIR, lock_out, my_shards, parse_part, part_suffix
+from videomem.teacher.outdir import STATE_DIR, lock_out, my_shards, part_suffix
 
 FILTERS = (None, "answerable")
 
