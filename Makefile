@@ -22,6 +22,10 @@ PKGS := torch==$(TORCH_VERSION) lightning==2.6.6 transformers==5.24.0 tokenizers
 ARGS ?=
 CKPT ?= logs/sft/latest
 OUT ?=
+# make shards / make memories at scale (docs/data.md): WORKERS=N processes; PART=i/n, this machine's
+# share of n (the n parts together write exactly what one run writes)
+WORKERS ?=
+PART ?=
 PYTEST_ARGS ?=
 # resume a killed run: RESUME=<its run dir> (logs/<task>/runs/<time>) continues from its checkpoints/last.ckpt
 RESUME ?=
@@ -85,11 +89,12 @@ eval: install ## Evaluate CKPT (default: synthetic test split; BENCH=<name> SHAR
 eval-clips: install ## Clip-count generalisation (Figure 5): accuracy of CKPT on test videos of T=1..8 clips
 	$(PY) -m videomem.cli clips --ckpt $(CKPT) $(ARGS)
 
-shards: install ## Import a benchmark as shards: BENCH=<videomme|lvbench|mlvu|longvideobench|egoschema|jsonl|llava> ANN= VIDEOS= OUT= [CLIPS=4]
-	$(PY) -m videomem.cli shards --bench $(BENCH) --ann $(ANN) --videos $(VIDEOS) --out $(OUT) --clips $(or $(CLIPS),4) $(ARGS)
+shards: install ## Import a benchmark or training set as shards: BENCH=<videomme|lvbench|mlvu|longvideobench|egoschema|jsonl|llava> ANN= VIDEOS= OUT= [CLIPS=4 WORKERS=N PART=i/n] (resumes)
+	$(PY) -m videomem.cli shards --bench $(BENCH) --ann $(ANN) --videos $(VIDEOS) --out $(OUT) --clips $(or $(CLIPS),4) \
+		$(if $(WORKERS),--workers $(WORKERS)) $(if $(PART),--part $(PART)) $(ARGS)
 
-memories: install ## Teacher memory chains for shards: SHARDS=dir OUT=dir [ARGS="teacher=tiny|local|openai ..."] (docs/data.md)
-	$(PY) -m videomem.run_memories shards=$(SHARDS) out=$(OUT) $(ARGS)
+memories: install ## Teacher memory chains for shards: SHARDS=dir OUT=dir [PART=i/n] [ARGS="teacher=tiny|local|openai ..."] (docs/data.md)
+	$(PY) -m videomem.run_memories shards=$(SHARDS) out=$(OUT) $(if $(PART),part=$(PART)) $(ARGS)
 
 answer: install ## Answer a question about a real mp4 clip by clip (VIDEO=..., CKPT=...)
 	$(PY) -m videomem.cli answer $(or $(VIDEO),$$($(PY) -c 'from videomem.cli import sample_video; print(sample_video())')) \

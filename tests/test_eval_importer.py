@@ -9,24 +9,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from videomem.eval.benchmarks import BenchVideo, videomme
+from videomem.eval.benchmarks import videomme
 
 FIX = Path(__file__).parent / "fixtures" / "benchmarks"
 VIDEOMME_JSON = FIX / "videomme" / "videomme.json"
 
 
 def test_find_video_prefers_the_task_directory_and_reports_ambiguity(tmp_path):
-    importer = pytest.importorskip("videomem.eval.importer")
+    from videomem.data.importers import locate
+
     for rel in ("video/1_plotQA/x.mp4", "video/2_needle/x.mp4", "other/y.mp4", "more/y.webm", "z.txt"):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_bytes(b"")
-    index = importer.index_videos(tmp_path)
+    index = locate.index_videos(tmp_path)
     assert sorted(index) == ["x", "y"]
-    path, problem = importer.find_video(index, BenchVideo("x", [], subdir="2_needle"))
+    path, problem = locate.find_video(index, "x", "2_needle")
     assert problem is None and path.parent.name == "2_needle"
-    path, problem = importer.find_video(index, BenchVideo("y", []))
+    path, problem = locate.find_video(index, "y")
     assert path is None and problem.startswith("ambiguous: 2 files")
-    assert importer.find_video(index, BenchVideo("nope", [])) == (None, "missing")
+    assert locate.find_video(index, "nope") == (None, "missing")
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +48,7 @@ def test_import_skips_missing_and_corrupt_and_shards_read_back(videos_dir, tmp_p
     importer = pytest.importorskip("videomem.eval.importer")
     shards = pytest.importorskip("videomem.data.shards")
     out = tmp_path / "shards"
-    summary = importer.import_benchmark(
+    summary = importer.import_shards(
         "videomme",
         VIDEOMME_JSON,
         videos_dir,
@@ -64,15 +65,16 @@ def test_import_skips_missing_and_corrupt_and_shards_read_back(videos_dir, tmp_p
         "missing": summary["missing"],
         "failed": summary["failed"],
     }
-    assert [Path(p).name for p in summary["shards"]] == ["videomme-000000.tar", "videomme-000001.tar"]
-    with tarfile.open(summary["shards"][0]) as tar:
+    # one shard per bucket (crc32 of the video id, 16 buckets for a small file)
+    assert [Path(p).name for p in summary["shards"]] == ["videomme-00002-0000.tar", "videomme-00008-0000.tar"]
+    with tarfile.open(summary["shards"][1]) as tar:
         assert sorted(tar.getnames()) == ["vidgood1.000.mp4", "vidgood1.001.mp4", "vidgood1.json"]
         meta = json.loads(tar.extractfile("vidgood1.json").read())
     assert meta["source"] == "videomme" and meta["schema"] == 1 and len(meta["clips"]) == 2
     assert meta["duration"] == pytest.approx(2.0, abs=0.2)
     qas = list(shards.iter_shard_videoqa(str(out), frames_per_clip=3, frame_size=None, backend="pyav"))
-    assert [qa.qid for qa in qas] == ["001-1", "001-2", "002-1"]
-    qa = qas[0]
+    assert [qa.qid for qa in qas] == ["002-1", "001-1", "001-2"]
+    qa = qas[1]
     assert qa.num_clips == 2 and tuple(qa.clips[0].shape) == (3, 12, 16, 3)  # max_side 16: 24x32 -> 12x16
     assert qa.options == ["1.", "2.", "3.", "4."] and qa.answer == "C" and qa.memories is None
     assert qa.meta["duration_group"] == "short" and qa.meta["source"] == "videomme"
@@ -89,8 +91,8 @@ def test_cli_limit_and_nothing_found(videos_dir, tmp_path, capsys):
     argv = ["--bench", "videomme", "--ann", str(VIDEOMME_JSON), "--videos", str(videos_dir)]
     argv += ["--clips", "2", "--frames-per-clip", "2", "--max-side", "16", "--limit", "1"]
     assert importer.main([*argv, "--out", str(tmp_path / "a")]) == 0
-    summary = json.loads(capsys.readouterr().out)
-    assert summary["written"] == 1 and summary["skipped"] == 0  # stopped before reaching the bad files
+    summary = json.loads(capsys.readouterr().out.split("\n}\n")[0] + "\n}")
+    assert summary["written"] == 1 and len(summary["shards"]) == 1  # stopped after the first good shard
     empty = tmp_path / "empty"
     empty.mkdir()
     argv[argv.index(str(videos_dir))] = str(empty)
@@ -99,14 +101,12 @@ def test_cli_limit_and_nothing_found(videos_dir, tmp_path, capsys):
 
 def test_make_eval_with_bench_scores_imported_shards_officially(videos_dir, tmp_path, compose_cfg):
     """`make eval BENCH=videomme SHARDS=<imported>`: the loop runs, the official aggregate is reported."""
-    from videomem.eval.importer import import_benchmark
+    from videomem.eval.importer import import_shards
     from videomem.model.policy import build_policy
     from videomem.run_eval import run
 
     shards = tmp_path / "shards"
-    import_benchmark(
-        "videomme", VIDEOMME_JSON, videos_dir, shards, num_clips=2, frames_per_clip=4, max_side=32
-    )
+    import_shards("videomme", VIDEOMME_JSON, videos_dir, shards, num_clips=2, frames_per_clip=4, max_side=32)
     ckpt = tmp_path / "policy"
     build_policy(
         "qwen2_5_vl", tiny={"hidden_size": 64, "num_hidden_layers": 1}, system_prompt=""

@@ -286,14 +286,14 @@ def bench_videos(tmp_path_factory) -> Path:
 
 
 def test_importer_skips_and_lists_every_bad_video_file(bench_videos, tmp_path):
-    from videomem.eval.importer import import_benchmark
+    from videomem.eval.importer import import_shards
 
     ann = tmp_path / "ann.json"
     names = ["good", *BAD_VIDEO_FILES, "missing"]
     ann.write_text(json.dumps([_row(v, f"{v}-1") for v in names]))
     summary = _within(
         DEADLINE_S,
-        lambda: import_benchmark(
+        lambda: import_shards(
             "videomme", ann, bench_videos, tmp_path / "out", num_clips=2, frames_per_clip=2, max_side=16
         ),
     )

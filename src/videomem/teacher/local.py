@@ -7,8 +7,10 @@
 - ``tiny_writer_model`` builds the tiny Qwen2 causal LM (the project's local tokenizer): meaningless
   text through the real code path, and the model the endpoint test serves with ``transformers serve``.
 
-A batch that raises fails every request of that batch (returned as the exception), never the run.
-Nothing is downloaded: paths must be local directories.
+A batch that raises fails every request of that batch (returned as the exception), never the run. A
+reply that reaches ``max_new_tokens`` without its end token is cut (returned as ``BadReply``, never
+stored) unless ``allow_cut``: the tiny random teachers set it, since a random model rarely ends a
+reply (their text is meaningless anyway). Nothing is downloaded: paths must be local directories.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from transformers import (
 
 from videomem.model.policy import Policy, build_policy
 from videomem.model.tiny import EOS, PAD, build_tokenizer
-from videomem.teacher.chain import truncate_tokens
+from videomem.teacher.chain import BadReply, truncate_tokens
 
 
 def _fit(frames: torch.Tensor, multiple: int) -> torch.Tensor:
@@ -46,6 +48,9 @@ def _size(frame_size) -> tuple[int, int] | None:
     return None if frame_size is None else (int(frame_size[0]), int(frame_size[1]))
 
 
+_CUT = BadReply("cut at the token cap (max_new_tokens)")
+
+
 def _batches(n: int, size: int) -> list[range]:
     return [range(i, min(n, i + size)) for i in range(0, n, size)]
 
@@ -61,9 +66,10 @@ class LocalCaptioner:
         max_new_tokens: int = 256,
         frames_per_clip: int = 8,
         frame_size: tuple[int, int] | None = None,
+        allow_cut: bool = False,
     ) -> None:
         self.policy = policy.eval()
-        self.batch_size, self.max_new_tokens = batch_size, max_new_tokens
+        self.batch_size, self.max_new_tokens, self.allow_cut = batch_size, max_new_tokens, allow_cut
         self.frames_per_clip, self.frame_size = frames_per_clip, _size(frame_size)
 
     def describe(self, requests: list[tuple[list[dict], torch.Tensor]]) -> list[str | Exception]:
@@ -78,8 +84,13 @@ class LocalCaptioner:
                     messages.append([*head, {"role": "user", "content": content}])
                     videos.append(_fit(frames, self.policy.patch_multiple))
                 inputs = self.policy.build_inputs(messages, videos)
-                ids = self.policy.generate(inputs, max_new_tokens=self.max_new_tokens)
-                out.extend(self.policy.decode(sample[0]) for sample in ids)
+                ids = self.policy.generate(inputs, max_new_tokens=self.max_new_tokens)  # cut before the stop
+                out.extend(
+                    _CUT
+                    if len(sample[0]) >= self.max_new_tokens and not self.allow_cut
+                    else self.policy.decode(sample[0])
+                    for sample in ids
+                )
             except Exception as e:  # noqa: BLE001 - one batch's failure is its questions' failure
                 out.extend([e] * len(rows))
         return out
@@ -97,14 +108,18 @@ class LocalWriter:
         max_new_tokens: int = 256,
         min_new_tokens: int = 0,
         chat_template_kwargs: dict | None = None,
+        allow_cut: bool = False,
     ) -> None:
-        self.model, self.tokenizer = model.eval(), tokenizer
+        self.model, self.tokenizer, self.allow_cut = model.eval(), tokenizer, allow_cut
         self.chat_template_kwargs = dict(
             chat_template_kwargs or {}
         )  # e.g. {"enable_thinking": False} for Qwen3
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
+        eos = self.model.generation_config.eos_token_id
+        eos = eos if isinstance(eos, list) else [eos]
+        self._stop_ids = [t for t in {*eos, self.tokenizer.eos_token_id} if t is not None]
         self.batch_size, self.max_new_tokens, self.min_new_tokens = batch_size, max_new_tokens, min_new_tokens
 
     @torch.inference_mode()
@@ -127,7 +142,9 @@ class LocalWriter:
                     pad_token_id=self.tokenizer.pad_token_id,
                 )  # [B, L + N]
                 new = gen[:, enc["input_ids"].shape[1] :]  # [B, N]
-                out.extend(self.tokenizer.batch_decode(new, skip_special_tokens=True))
+                ended = torch.isin(new, torch.tensor(self._stop_ids, device=new.device)).any(-1)  # [B]
+                texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
+                out.extend(t if e or self.allow_cut else _CUT for t, e in zip(texts, ended.tolist()))
             except Exception as e:  # noqa: BLE001
                 out.extend([e] * len(rows))
         return out
@@ -171,6 +188,7 @@ def build_captioner(
     max_new_tokens: int = 256,
     frames_per_clip: int = 8,
     frame_size: list[int] | None = None,
+    allow_cut: bool = False,
 ) -> LocalCaptioner:
     """Hydra factory: a Qwen-VL checkpoint dir (``path``), or a tiny random ``arch`` policy when None.
 
@@ -186,6 +204,7 @@ def build_captioner(
         max_new_tokens=max_new_tokens,
         frames_per_clip=frames_per_clip,
         frame_size=frame_size,
+        allow_cut=allow_cut,
     )
 
 
@@ -198,6 +217,7 @@ def build_writer(
     max_new_tokens: int = 256,
     min_new_tokens: int = 0,
     chat_template_kwargs: dict | None = None,
+    allow_cut: bool = False,
 ) -> LocalWriter:
     """Hydra factory: a causal-LM checkpoint dir (``path``), or the tiny random Qwen2 when None."""
     if path is not None:
@@ -213,6 +233,7 @@ def build_writer(
         max_new_tokens=max_new_tokens,
         min_new_tokens=min_new_tokens,
         chat_template_kwargs=chat_template_kwargs,
+        allow_cut=allow_cut,
     )
 
 

@@ -1,32 +1,39 @@
-"""Training-set annotation formats -> questions in the shard schema, one video file per group.
+"""Training-set annotation formats -> questions in the shard schema, read as a stream of items.
 
-Two formats, each read by one function that returns ``(videos, problems)``:
+Two formats, each read by one generator of ``ImportItem``s (plan.py; build.py groups them by video):
 
-- ``read_jsonl``: the project's own format, one JSON object per line (docs/data.md):
+- ``iter_jsonl``: the project's own format, one JSON object per line (docs/data.md):
   ``{"video": "rel/path.mp4", "question": str, "options": [str, ...], "answer": "B" | 1 | "text",
   "id": str?, "category": str?, "memories": [str] * T?}``. ``options`` may be left out when the
   question carries lettered lines (``A. red``); ``answer`` is a letter, a 0-based index or an option text.
-- ``read_llava``: the LLaVA conversation format of LLaVA-Video-178K's multiple-choice files and
+- ``iter_llava``: the LLaVA conversation format of LLaVA-Video-178K's multiple-choice files and
   VideoMarathon's training JSON: a list of ``{"id", "video", "data_source", "conversations": [human,
   gpt, human, gpt, ...]}``; each human turn with lettered options and its gpt answer (``"B."`` or
   ``"D. Light pink."``) is one question of ``<data_source>/<video>``. Turns without lettered options
   (open-ended or captioning turns) are counted in ``problems`` as ``no_options`` and skipped.
 
-A bad row or turn never stops the import: it becomes a problem ``{"line"/"record", "field", "error"}``
-and is skipped. Questions come out in the shard schema's form (``qid``, ``question`` without options,
+What one row or turn becomes is decided by one function each (``jsonl_question``, ``llava_question``);
+the readers around them only walk the file. A bad row or turn never stops the import: it becomes a
+problem ``{"line"/"record", "field", "error"}``, reported to the reader's ``on_problem``, and is
+skipped. Questions come out in the shard schema's form (``qid``, ``question`` without options,
 ``options`` without letters, ``answer`` letter, ``category``, ``categories``, ``memories``).
 
-This module reads annotation files only: it opens no video and writes nothing.
+This module reads annotation files only: it opens no video and writes nothing. Memory does not grow
+with the file: jsonl is read line by line, LLaVA's JSON list element by element (stream.py).
 """
 
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from videomem.data.importers.plan import ImportItem
+from videomem.data.importers.stream import iter_json_array
 from videomem.data.types import LETTERS
+
+FORMATS = ("jsonl", "llava")
 
 # "A. text", "A) text", "(A) text", "A: text" at the start of a line
 _OPTION_LINE = re.compile(r"^\s*\(?([A-Z])\s*[.):]\s*(.*\S)\s*$")
@@ -39,23 +46,6 @@ class RowError(ValueError):
     def __init__(self, field_name: str, message: str) -> None:
         super().__init__(message)
         self.field = field_name
-
-
-@dataclass
-class TrainVideo:
-    """One video file of a training set with its questions.
-
-    Attributes:
-        rel_path: Path of the file relative to the videos directory.
-        video_id: Unique sample id (``rel_path`` with ``/`` -> ``__``, extension kept out).
-        questions: Question dicts in the shard schema's form.
-        meta: Video-level extras for the shard meta (``source_path``, ``data_source``).
-    """
-
-    rel_path: str
-    video_id: str
-    questions: list[dict] = field(default_factory=list)
-    meta: dict = field(default_factory=dict)
 
 
 def video_id_of(rel_path: str) -> str:
@@ -178,23 +168,11 @@ def jsonl_question(row: object, line: int, num_clips: int) -> tuple[str, dict]:
     return video.strip(), q
 
 
-def _group(items: list[tuple[str, dict, dict]]) -> list[TrainVideo]:
-    """(rel_path, question, video meta) -> TrainVideo per file, first-seen order."""
-    videos: dict[str, TrainVideo] = {}
-    for rel, q, meta in items:
-        if rel not in videos:
-            videos[rel] = TrainVideo(rel_path=rel, video_id=video_id_of(rel), meta=meta)
-        videos[rel].questions.append(q)
-    return list(videos.values())
+def iter_jsonl(path: str | Path, num_clips: int, on_problem: Callable[[dict], None]) -> Iterator[ImportItem]:
+    """The questions of a jsonl annotation file (module docstring), one item each, read line by line.
 
-
-def read_jsonl(path: str | Path, num_clips: int) -> tuple[list[TrainVideo], list[dict]]:
-    """Read a jsonl annotation file (module docstring); duplicate ids get ``#n`` suffixes.
-
-    Returns:
-        (videos in first-seen order, problems ``{"line", "field", "error"}`` of skipped rows).
+    A bad line is reported to ``on_problem`` as ``{"line", "field", "error"}`` and skipped.
     """
-    items, problems, seen = [], [], {}
     with open(path, encoding="utf-8") as f:
         for line_no, line in enumerate(f, start=1):
             if not line.strip():
@@ -202,18 +180,14 @@ def read_jsonl(path: str | Path, num_clips: int) -> tuple[list[TrainVideo], list
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                problems.append({"line": line_no, "field": "json", "error": f"not valid JSON: {e}"})
+                on_problem({"line": line_no, "field": "json", "error": f"not valid JSON: {e}"})
                 continue
             try:
                 rel, q = jsonl_question(row, line_no, num_clips)
             except RowError as e:
-                problems.append({"line": line_no, "field": e.field, "error": str(e)})
+                on_problem({"line": line_no, "field": e.field, "error": str(e)})
                 continue
-            n = seen[q["qid"]] = seen.get(q["qid"], 0) + 1
-            if n > 1:
-                q["qid"] = f"{q['qid']}#{n}"
-            items.append((rel, q, {"source_path": rel}))
-    return _group(items), problems
+            yield ImportItem(video_id_of(rel), [q], {"source_path": rel}, file=rel)
 
 
 def llava_turns(record: dict) -> list[tuple[str, str]]:
@@ -240,57 +214,81 @@ def llava_turns(record: dict) -> list[tuple[str, str]]:
     return pairs
 
 
-def read_llava(path: str | Path) -> tuple[list[TrainVideo], list[dict]]:
-    """Read a LLaVA conversation JSON (module docstring); the video of a record is ``<data_source>/<video>``.
+def llava_question(human: str, gpt: str, qid: str, category: str) -> dict:
+    """One human turn with lettered options and its gpt answer -> a question dict.
 
-    Returns:
-        (videos in first-seen order, problems ``{"record", "field", "error"}``; turns without lettered
-        options are problems with field ``no_options``).
+    Raises:
+        RowError: No lettered options (field ``no_options``), no question text, bad options or answer.
     """
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
-    if not isinstance(data, list):
-        raise ValueError(
-            f"{path}: a LLaVA annotation file is a JSON list of records, got {type(data).__name__}"
-        )
-    items, problems = [], []
-    for n, record in enumerate(data):
-        rid = record.get("id", n) if isinstance(record, dict) else n
+    question, options, _ = split_lettered(human)
+    if not options:
+        raise RowError("no_options", "no lettered options")
+    if not question:
+        raise RowError("question", "no question text before the options")
+    options = check_options(options)
+    return {
+        "qid": qid,
+        "question": question,
+        "options": options,
+        "answer": resolve_answer(gpt, options),
+        "category": category,
+        "categories": [category],
+        "memories": None,
+    }
+
+
+def llava_record(record: object, n: int, on_problem: Callable[[dict], None]) -> ImportItem | None:
+    """The questions of record ``n`` of a LLaVA file as one item (None if it has none); problems reported."""
+    rid = record.get("id", n) if isinstance(record, dict) else n
+    try:
+        if not isinstance(record, dict):
+            raise RowError("record", "a record must be a JSON object")
+        video = record.get("video")
+        if not isinstance(video, str) or not video:
+            raise RowError("video", "missing or empty 'video'")
+        source = record.get("data_source") or ""
+        rel = str(Path(source) / video) if source else video
+        turns = llava_turns(record)
+    except RowError as e:
+        on_problem({"record": rid, "field": e.field, "error": str(e)})
+        return None
+    questions = []
+    for k, (human, gpt) in enumerate(turns):
         try:
-            if not isinstance(record, dict):
-                raise RowError("record", "a record must be a JSON object")
-            video = record.get("video")
-            if not isinstance(video, str) or not video:
-                raise RowError("video", "missing or empty 'video'")
-            source = record.get("data_source") or ""
-            rel = str(Path(source) / video) if source else video
-            turns = llava_turns(record)
+            questions.append(llava_question(human, gpt, f"{rid}#{k}", source or "llava"))
         except RowError as e:
-            problems.append({"record": rid, "field": e.field, "error": str(e)})
-            continue
-        for k, (human, gpt) in enumerate(turns):
-            question, options, _ = split_lettered(human)
-            if not options:
-                problems.append(
-                    {"record": rid, "turn": k, "field": "no_options", "error": "no lettered options"}
-                )
-                continue
-            try:
-                if not question:
-                    raise RowError("question", "no question text before the options")
-                options = check_options(options)
-                answer = resolve_answer(gpt, options)
-            except RowError as e:
-                problems.append({"record": rid, "turn": k, "field": e.field, "error": str(e)})
-                continue
-            category = source or "llava"
-            q = {
-                "qid": f"{rid}#{k}",
-                "question": question,
-                "options": options,
-                "answer": answer,
-                "category": category,
-                "categories": [category],
-                "memories": None,
-            }
-            items.append((rel, q, {"source_path": rel, "data_source": source}))
-    return _group(items), problems
+            on_problem({"record": rid, "turn": k, "field": e.field, "error": str(e)})
+    if not questions:
+        return None
+    return ImportItem(video_id_of(rel), questions, {"source_path": rel, "data_source": source}, file=rel)
+
+
+def iter_llava(path: str | Path, on_problem: Callable[[dict], None]) -> Iterator[ImportItem]:
+    """The questions of a LLaVA conversation JSON (module docstring), one item per record, read as a
+    stream (stream.py: memory does not grow with the file); the video is ``<data_source>/<video>``.
+
+    Problems ``{"record", "field", "error"}`` go to ``on_problem``; turns without lettered options are
+    problems with field ``no_options``.
+
+    Raises:
+        ValueError: The file is not a JSON list (one line).
+    """
+    for n, record in enumerate(iter_json_array(path)):
+        item = llava_record(record, n, on_problem)
+        if item is not None:
+            yield item
+
+
+def training_items(
+    fmt: str, ann: str | Path, num_clips: int
+) -> Callable[[Callable[[dict], None]], Iterator[ImportItem]]:
+    """The item reader of a training-set format for ``build.import_videos``.
+
+    Raises:
+        ValueError: Not one of ``FORMATS``.
+    """
+    if fmt == "jsonl":
+        return lambda on_problem: iter_jsonl(ann, num_clips, on_problem)
+    if fmt == "llava":
+        return lambda on_problem: iter_llava(ann, on_problem)
+    raise ValueError(f"unknown training-set format {fmt!r}; expected one of {FORMATS}")
