@@ -152,6 +152,14 @@ def gathered_for_generation(policy: nn.Module) -> Iterator[nn.Module]:
                 m.reshard()
 
 
+def reshard(policy: nn.Module) -> None:
+    """Free the gathered weights of an FSDP2 policy that ran a forward without a backward (the frozen
+    reference policy: FSDP2 keeps its root group gathered after forward, for a backward that never
+    comes). A no-op for an unsharded policy."""
+    for m in _fsdp2_modules(policy):
+        m.reshard()
+
+
 def full_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
     """Full (unsharded) state dict on CPU: collective on every rank for a sharded module.
 

@@ -30,7 +30,7 @@ from videomem.memory.loop import GenerationConfig
 from videomem.rl.loss import chunked_token_logprobs, fused_grpo_loss, naive_grpo_loss, token_logprobs
 from videomem.rl.rewards import RewardConfig
 from videomem.rl.rollout import RolloutConfig, RolloutSample, prpo_rollout
-from videomem.train.parallel import gathered_for_generation, maybe_shard
+from videomem.train.parallel import gathered_for_generation, is_sharded, maybe_shard, reshard
 from videomem.train.resume import gather_per_rank, this_rank
 from videomem.train.validation import LoopValidation
 
@@ -94,7 +94,6 @@ class PRPOModule(LightningModule):
         self.automatic_optimization = False
         self.policy_factory = policy
         self.policy = None
-        self.ref_policy = None
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.rollout_cfg = RolloutConfig(**(rollout or {}))
@@ -118,11 +117,28 @@ class PRPOModule(LightningModule):
             return self.policy_factory(path=self.init_from)
         return self.policy_factory()
 
+    @property
+    def ref_policy(self) -> nn.Module | None:
+        """The frozen KL reference (``kl_coef > 0``), built from ``init_from`` like the policy.
+
+        Deliberately not a registered submodule: its weights stay out of ``state_dict`` and so out of
+        every Lightning checkpoint (a resumed run rebuilds it from ``init_from``, which never changes),
+        DDP neither wraps nor broadcasts it, and ``train()`` never switches it out of eval mode.
+        """
+        return self.__dict__.get("_ref_policy")
+
     def configure_model(self) -> None:
         if self.policy is None:
             self.policy = maybe_shard(self, self.build_policy().train())
         if self.kl_coef and self.ref_policy is None:
-            self.ref_policy = maybe_shard(self, self.build_policy().eval().requires_grad_(False))
+            ref = maybe_shard(self, self.build_policy().eval().requires_grad_(False))
+            self.__dict__["_ref_policy"] = ref
+
+    def on_fit_start(self) -> None:
+        # the strategy moved the registered modules to the device; the reference is not one of them
+        # (a sharded one already lives on its mesh's device)
+        if self.ref_policy is not None and not is_sharded(self.ref_policy):
+            self.ref_policy.to(self.device)
 
     # ---- rollout -------------------------------------------------------------------------------
     def rollout(self, batch: list[VideoQA]):
@@ -195,8 +211,12 @@ class PRPOModule(LightningModule):
         ref = None
         if self.kl_coef:
             with torch.no_grad():
+                # the forward first: under FSDP2 it gathers the root group, and only then is
+                # lm_head_weight the full [V, H] tensor (read before, it is this rank's DTensor shard)
+                h_ref = ref_hidden()  # [B, L-1, H]
                 w, t = self.ref_policy.lm_head_weight, self.rollout_cfg.temperature
-                ref = chunked_token_logprobs(ref_hidden(), w, targets, t)  # [B, L-1], no [B, L, V] fp32
+                ref = chunked_token_logprobs(h_ref, w, targets, t)  # [B, L-1], no [B, L, V] fp32
+                reshard(self.ref_policy)  # no backward reshards the frozen root: free its gathered weights
         stats_extra = {}
         if keep_logprobs:
             with torch.no_grad():  # row by row: no [B, L, V] logits for the whole micro-batch
