@@ -36,10 +36,11 @@ def shards(tmp_path_factory):
 
 
 def _qids(loader) -> list[str]:
+    """Question ids of every batch (a validation loader pads with None: left out)."""
     out = []
     for batch in loader:
-        assert isinstance(batch, list) and all(isinstance(q, VideoQA) for q in batch)
-        out += [q.qid for q in batch]
+        assert isinstance(batch, list) and all(isinstance(q, VideoQA) or q is None for q in batch)
+        out += [q.qid for q in batch if q is not None]
     return out
 
 
@@ -190,6 +191,21 @@ def test_two_ranks_split_without_overlap(shards, split):
         decoder = VideoQADecoder(frames_per_clip=2, frame_size=None, backend="pyav")
         seen.update(q.video_id for q in EvalStream(urls, decoder, rank=rank, world=2))
     assert len(seen) == (6 if split == "val" else 12) and set(seen.values()) == {3}
+
+
+@pytest.mark.parametrize("limit", [2, None])
+def test_padded_validation_gives_every_rank_as_many_items(shards, limit):
+    """val_limit=2 puts both questions (one video) on rank 0: padded, rank 1 still yields 2 items (None),
+    so under DDP both run the same number of validation steps; the questions stay exactly once."""
+    urls = expand_shards(str(shards / "train"))  # 3 shards, 12 videos
+    per_rank = []
+    for rank in range(2):
+        decoder = VideoQADecoder(frames_per_clip=2, frame_size=None, backend="pyav")
+        per_rank.append(list(EvalStream(urls, decoder, limit=limit, rank=rank, world=2, pad=True)))
+    assert len(per_rank[0]) == len(per_rank[1]) == (2 if limit else 18)
+    questions = [q.qid for items in per_rank for q in items if q is not None]
+    assert len(questions) == len(set(questions)) == (limit or 36)
+    assert per_rank[1] == [None, None] if limit else None not in per_rank[1]
 
 
 def test_rank_comes_from_the_environment_without_trainer(monkeypatch):

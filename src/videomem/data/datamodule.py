@@ -15,7 +15,9 @@ workers. When there are at least as many shards as consumers (ranks x workers) t
 WorkerSeed); otherwise (a 64-video val set is one shard) every consumer
 reads all shards and keeps videos v with v % consumers == its index. `val_limit` keeps the first N
 questions in shard order (it forces the per-video split, so the N are the same for any worker count).
-Ranks may then get unequal counts: log validation metrics through torchmetrics (synced once at epoch
+Ranks may then get unequal counts of questions; validation pads every rank's share with ``None`` up to
+the largest (``EvalStream(pad=True)``), so every rank runs the same number of validation steps and the
+collectives inside them line up. Log validation metrics through torchmetrics (synced once at epoch
 end), not with per-step collectives. The stream is `EvalStream` (data/eval_stream.py), which `make
 eval` also reads, by chunks of questions (`eval_stream`).
 
@@ -383,20 +385,21 @@ class VideoQADataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_dataset())
 
-    def _eval(self, split: str, shards, limit: int | None = None) -> DataLoader | list:
+    def _eval(self, split: str, shards, limit: int | None = None, pad: bool = False) -> DataLoader | list:
         if shards is None:
             return []
-        return self._loader(self.eval_stream(split, shards, limit))
+        return self._loader(self.eval_stream(split, shards, limit, pad=pad))
 
     def eval_stream(
-        self, split: str, shards, limit: int | None = None, chunk: int | None = None
+        self, split: str, shards, limit: int | None = None, chunk: int | None = None, pad: bool = False
     ) -> EvalStream:
         """This rank's share of ``shards`` (``EvalStream``; ``make eval`` iterates it in-process, by chunks)."""
         rank, world = rank_and_world(self.trainer)
-        return EvalStream(expand_shards(shards), self._decoder(split), limit, rank, world, chunk)
+        return EvalStream(expand_shards(shards), self._decoder(split), limit, rank, world, chunk, pad=pad)
 
     def val_dataloader(self) -> DataLoader | list:
-        return self._eval("val", self.hparams.val_shards, self.hparams.val_limit)
+        """Validation questions, padded with ``None`` so every rank runs the same number of steps."""
+        return self._eval("val", self.hparams.val_shards, self.hparams.val_limit, pad=True)
 
     def test_dataloader(self) -> DataLoader | list:
         return self._eval("test", self.hparams.test_shards)

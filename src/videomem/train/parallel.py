@@ -152,6 +152,38 @@ def gathered_for_generation(policy: nn.Module) -> Iterator[nn.Module]:
                 m.reshard()
 
 
+@contextlib.contextmanager
+def backward_sync(module, enabled: bool) -> Iterator[None]:
+    """Reduce gradients over ranks in the backward passes inside (``enabled``), or only accumulate them.
+
+    Micro-batches of one optimizer step reduce once, in the last backward: under DDP the others run in
+    ``no_sync``; under FSDP2 they run with ``set_requires_gradient_sync(False)``, which skips their
+    reduce-scatter and accumulates the unsharded gradients instead (in the reduce dtype, fp32: the size
+    of the fp32 weights on every rank until the step's last backward; docs/performance.md). A no-op for
+    a single process.
+
+    Args:
+        module: The LightningModule (its strategy's DDP wrapper, or its FSDP2-sharded ``policy``).
+        enabled: True for the step's last backward.
+    """
+    from torch.nn.parallel import DistributedDataParallel
+
+    wrapped = module.trainer.strategy.model if module._trainer is not None else None
+    if enabled:
+        yield
+    elif isinstance(wrapped, DistributedDataParallel):
+        with wrapped.no_sync():
+            yield
+    elif _fsdp2_modules(module.policy):
+        module.policy.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            module.policy.set_requires_gradient_sync(True)
+    else:
+        yield
+
+
 def reshard(policy: nn.Module) -> None:
     """Free the gathered weights of an FSDP2 policy that ran a forward without a backward (the frozen
     reference policy: FSDP2 keeps its root group gathered after forward, for a backward that never

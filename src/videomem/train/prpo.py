@@ -29,8 +29,15 @@ from videomem.data.types import VideoQA
 from videomem.memory.loop import GenerationConfig
 from videomem.rl.loss import chunked_token_logprobs, fused_grpo_loss, naive_grpo_loss, token_logprobs
 from videomem.rl.rewards import RewardConfig
-from videomem.rl.rollout import RolloutConfig, RolloutSample, prpo_rollout
-from videomem.train.parallel import gathered_for_generation, is_sharded, maybe_shard, reshard
+from videomem.rl.rollout import Rollout, RolloutConfig, RolloutSample, prpo_rollout
+from videomem.train.parallel import (
+    backward_sync,
+    gathered_for_generation,
+    is_sharded,
+    maybe_shard,
+    reshard,
+)
+from videomem.train.rank_metrics import reduce_over_ranks, std_from_moments
 from videomem.train.resume import gather_per_rank, this_rank
 from videomem.train.validation import LoopValidation
 
@@ -295,10 +302,13 @@ class PRPOModule(LightningModule):
                 )
                 if "logprobs" in stats:
                     old[c] = stats.pop("logprobs")
-                self.manual_backward(loss)
+                # gradients reduced over ranks once per optimizer step: in the last micro-batch's backward
+                with backward_sync(self, enabled=c == n_chunks - 1):
+                    self.manual_backward(loss)
                 loss_sum += float(loss.detach()) / world
-                clip_sum += float(stats["clip_fraction"]) * len(micro)
-                kl_sum += float(stats.get("kl", torch.tensor(0.0))) * len(micro)
+                if real:  # padding micro-batches count in no statistic
+                    clip_sum += float(stats["clip_fraction"]) * len(micro)
+                    kl_sum += float(stats.get("kl", torch.tensor(0.0))) * len(micro)
             self.clip_gradients(opt, gradient_clip_val=1.0, gradient_clip_algorithm="norm")
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -306,27 +316,23 @@ class PRPOModule(LightningModule):
             sched.step()
         t_update = time.perf_counter() - t1
 
-        n_upd = max(1, sum(len(c) for c in chunks) * self.epochs)
-        metrics = {f"rollout/{k}": v for k, v in rollout.stats.items()}
-        metrics.update(
+        n_upd = float(sum(len(c) for c in chunks))
+        sums, means = _rollout_sums_and_means(rollout)
+        sums.update({"train/loss": loss_sum, "train/update_samples": n_upd})
+        means.update(
             {
-                "train/loss": loss_sum,
-                "train/clip_fraction": clip_sum / n_upd,
-                "train/kl": kl_sum / n_upd,
-                "train/update_samples": float(sum(len(c) for c in chunks)),
-                "train/response_tokens": num_tokens,
-                "time/rollout_s": t_rollout,
-                "time/update_s": t_update,
+                "train/clip_fraction": (clip_sum, n_upd * self.epochs),
+                "train/kl": (kl_sum, n_upd * self.epochs),
             }
         )
-        self.log_dict(metrics, batch_size=len(batch))
-        self.log(
-            "reward",
-            rollout.stats.get("reward/total", 0.0),
-            prog_bar=True,
-            batch_size=len(batch),
-            logger=False,
+        times = {"time/rollout_s": t_rollout, "time/update_s": t_update}
+        metrics = reduce_over_ranks(sums, means, times, device=self.device)  # the whole batch, all ranks
+        metrics["rollout/advantage/std"] = std_from_moments(
+            metrics.pop("rollout/advantage/_mean"), metrics.pop("rollout/advantage/_mean_square")
         )
+        metrics["train/response_tokens"] = num_tokens  # already the global count
+        self.log_dict(metrics, batch_size=len(batch))
+        self.log("reward", metrics.get("rollout/reward/total", 0.0), prog_bar=True, logger=False)
         if self.log_trees and batch_idx % self.log_trees == 0:
             experiment = getattr(self.logger, "experiment", None)
             if hasattr(experiment, "add_text"):
@@ -351,6 +357,33 @@ class PRPOModule(LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer=optimizer)},
         }
+
+
+def _rollout_sums_and_means(rollout: Rollout) -> tuple[dict[str, float], dict[str, tuple[float, float]]]:
+    """``rollout.stats`` as sums and (sum, count) pairs, to be reduced over ranks (``reduce_over_ranks``).
+
+    ``prompts`` and ``samples`` are counts; ``final_answer_accuracy`` is a mean over each question's
+    last-clip samples; the advantage spread is rebuilt from the advantages' first two moments; every
+    other statistic is a mean over the rollout's samples (tree nodes), so it is weighted by them.
+    """
+    nodes = rollout.tree.nodes
+    n = float(len(nodes))
+    sums: dict[str, float] = {}
+    means: dict[str, tuple[float, float]] = {}
+    final_clip: dict[int, int] = {}
+    for node in nodes:
+        final_clip[node.example_index] = max(final_clip.get(node.example_index, 0), node.clip_index)
+    n_last = float(sum(node.clip_index == final_clip[node.example_index] for node in nodes))
+    for key, value in rollout.stats.items():
+        if key in ("prompts", "samples"):
+            sums[f"rollout/{key}"] = value
+        elif key == "final_answer_accuracy":
+            means[f"rollout/{key}"] = (value * n_last, n_last)
+        elif key != "advantage/std":
+            means[f"rollout/{key}"] = (value * n, n)
+    means["rollout/advantage/_mean"] = (sum(node.advantage for node in nodes), n)
+    means["rollout/advantage/_mean_square"] = (sum(node.advantage**2 for node in nodes), n)
+    return sums, means
 
 
 def _trainable_parameters(policy: nn.Module) -> list[nn.Parameter]:
