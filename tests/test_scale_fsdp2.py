@@ -73,6 +73,11 @@ def test_prpo_step_updates_the_sharded_policy(run) -> None:
     assert results[0]["prpo_changed"] > 0  # fused GRPO loss on the root-held lm_head reached the weights
 
 
+def test_prpo_false_saves_the_gathered_initial_policy(run) -> None:
+    _, results = run
+    assert results[0]["cold_start_saved_equal"]  # the whole SFT policy, not one rank's shards
+
+
 def test_export_of_the_sharded_checkpoint(run, tmp_path) -> None:
     root, _ = run
     out = export(root / "run" / "checkpoints" / "last.ckpt", tmp_path / "export")
