@@ -10,7 +10,6 @@ from omegaconf import OmegaConf
 __version__ = "0.1.0"
 
 
-
 def _rank_suffix() -> str:
     """``_rank<r>`` in a multi-process launch (torchrun's ``RANK``, SLURM's ``SLURM_PROCID``), else "".
 

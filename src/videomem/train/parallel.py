@@ -31,13 +31,14 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
 from transformers import Qwen2_5_VLForConditionalGeneration, Qwen3VLForConditionalGeneration
 
 from videomem.model.policy import Policy
+from videomem.model.weights import load_weights
 
 
 def wrap_classes() -> set[type[nn.Module]]:
@@ -205,13 +206,34 @@ def full_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
     return get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
-def maybe_shard(module, policy: Policy) -> Policy:
-    """``shard_policy`` when Lightning gave ``module`` a device mesh (ModelParallelStrategy), else as is.
+def sharded_policy(
+    policy: Policy, device_mesh, device: torch.device | str, *, param_dtype: torch.dtype | None = None
+) -> Policy:
+    """``shard_policy``; a policy built with its weights unread (``weights_dir``, parameters on the meta
+    device) then gets this rank's shards allocated on ``device`` and read from its checkpoint, and no
+    rank ever holds the whole model (``model/weights.py``)."""
+    buffers = {name: b.detach().clone() for name, b in policy.named_buffers()}  # real: rotary tables
+    shard_policy(policy, device_mesh, param_dtype=param_dtype)
+    if getattr(policy, "weights_dir", None) is not None:
+        policy.to_empty(device=device)  # each rank's shards only; FSDP2 keeps its sharded views
+        with torch.no_grad():
+            for name, b in policy.named_buffers():
+                b.copy_(buffers[name])  # to_empty left them uninitialised
+        load_weights(policy.model, policy.weights_dir)
+        policy.weights_dir = None
+    return policy
+
+
+def configure_policy(module, factory: Callable[..., Policy], **kwargs) -> Policy:
+    """The policy of a training module's ``configure_model``: ``factory(**kwargs)`` as is on one process
+    or under DDP; under ModelParallelStrategy (Lightning gave ``module`` a device mesh) sharded with
+    FSDP2, each rank reading only its shards of the checkpoint (``sharded_policy``).
 
     The gathered weights are bf16 under ``precision: bf16-mixed``; the shards keep the policy's dtype.
     """
     mesh = module.device_mesh
     if mesh is None:
-        return policy
+        return factory(**kwargs)
     param_dtype = torch.bfloat16 if str(module.trainer.precision) == "bf16-mixed" else None
-    return shard_policy(policy, mesh, param_dtype=param_dtype)
+    device = module.trainer.strategy.root_device
+    return sharded_policy(factory(**kwargs, weights=False), mesh, device, param_dtype=param_dtype)

@@ -32,9 +32,9 @@ from videomem.rl.rewards import RewardConfig
 from videomem.rl.rollout import Rollout, RolloutConfig, RolloutSample, prpo_rollout
 from videomem.train.parallel import (
     backward_sync,
+    configure_policy,
     gathered_for_generation,
     is_sharded,
-    maybe_shard,
     reshard,
 )
 from videomem.train.rank_metrics import reduce_over_ranks, std_from_moments
@@ -119,10 +119,9 @@ class PRPOModule(LightningModule):
         self.log_trees = log_trees
         self._generator: torch.Generator | None = None
 
-    def build_policy(self):
-        if self.cold_start and self.init_from:
-            return self.policy_factory(path=self.init_from)
-        return self.policy_factory()
+    def _policy_source(self) -> dict:
+        """The factory's arguments: the SFT checkpoint (``cold_start``), or the model as configured."""
+        return {"path": self.init_from} if self.cold_start and self.init_from else {}
 
     @property
     def ref_policy(self) -> nn.Module | None:
@@ -136,9 +135,10 @@ class PRPOModule(LightningModule):
 
     def configure_model(self) -> None:
         if self.policy is None:
-            self.policy = maybe_shard(self, self.build_policy().train())
+            self.policy = configure_policy(self, self.policy_factory, **self._policy_source()).train()
         if self.kl_coef and self.ref_policy is None:
-            ref = maybe_shard(self, self.build_policy().eval().requires_grad_(False))
+            ref = configure_policy(self, self.policy_factory, **self._policy_source())
+            ref = ref.eval().requires_grad_(False)
             self.__dict__["_ref_policy"] = ref
 
     def on_fit_start(self) -> None:

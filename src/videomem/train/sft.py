@@ -25,7 +25,7 @@ from videomem.data.types import VideoQA
 from videomem.memory.loop import GenerationConfig, step_messages
 from videomem.memory.prompt import format_target
 from videomem.model.policy import Policy, PolicyInputs
-from videomem.train.parallel import maybe_shard
+from videomem.train.parallel import configure_policy
 from videomem.train.rank_metrics import reduce_over_ranks
 from videomem.train.resume import gather_per_rank, this_rank
 from videomem.train.validation import LoopValidation
@@ -111,7 +111,7 @@ class SFTModule(LightningModule):
 
     def configure_model(self) -> None:
         if self.policy is None:
-            self.policy = maybe_shard(self, self.policy_factory().train())
+            self.policy = configure_policy(self, self.policy_factory).train()
 
     def training_step(self, batch: list[VideoQA], batch_idx: int) -> torch.Tensor:
         system = self.policy.system_prompt
