@@ -45,7 +45,7 @@ class EvalStream(IterableDataset):
         decoder: Turns raw samples into VideoQA, skipping corrupt ones.
         limit: Keep only the first N questions (global shard order; a skipped question counts).
         rank, world: This process's rank and the world size (fixed in the main process: a DataLoader
-            worker has no process group, see ``datamodule.WorkerSeed``).
+            worker has no process group).
         chunk: None: whole videos (or whole shards) per consumer, as validation reads them. N: the
             questions in shard order cut into chunks of N, chunk c to consumer c % consumers, so that
             the chunks are a single process's batches of N whatever the world size (``make eval`` under
