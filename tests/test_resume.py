@@ -89,6 +89,7 @@ def _kill_and_resume(module: str, common: list[str], tmp_path: Path, every: int,
     assert not differ, f"{len(differ)} tensors differ, e.g. {differ[0]}"
 
 
+@pytest.mark.slow  # two training subprocesses and a resumed one: ~25 s
 def test_sft_killed_and_resumed_ends_with_the_same_weights(data, tmp_path) -> None:
     common = [
         f"data.train_shards={data}/train",
@@ -105,6 +106,7 @@ def test_sft_killed_and_resumed_ends_with_the_same_weights(data, tmp_path) -> No
     _kill_and_resume("videomem.run_sft", common, tmp_path, every=4, kill_at=6)  # resumes at epoch 1, batch 1
 
 
+@pytest.mark.slow  # two training subprocesses and a resumed one: ~25 s
 def test_prpo_killed_and_resumed_ends_with_the_same_weights(data, tmp_path) -> None:
     sft = tmp_path / "sft_policy"
     tiny = {"hidden_size": 64, "num_hidden_layers": 1, "intermediate_size": 128}
@@ -129,6 +131,7 @@ def test_prpo_killed_and_resumed_ends_with_the_same_weights(data, tmp_path) -> N
     _kill_and_resume("videomem.run_prpo", common, tmp_path, every=2, kill_at=5)  # resumes at epoch 1, batch 1
 
 
+@pytest.mark.slow  # a fresh interpreter with torch and lightning: ~5 s
 def test_missing_checkpoint_is_one_line_naming_it(tmp_path) -> None:
     missing = tmp_path / "run" / "checkpoints" / "last.ckpt"
     proc = _run("videomem.run_sft", [f"ckpt_path={missing}"], tmp_path)
