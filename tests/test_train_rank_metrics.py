@@ -11,8 +11,7 @@ import pytest
 
 from videomem.rl.advantages import RolloutTree
 from videomem.rl.rollout import Rollout
-from videomem.train.prpo import _rollout_sums_and_means
-from videomem.train.rank_metrics import reduce_over_ranks, std_from_moments
+from videomem.train.rank_metrics import reduce_over_ranks, rollout_sums_and_means, std_from_moments
 
 
 def test_single_process_values_are_its_own():
@@ -52,7 +51,7 @@ def _rollout(rewards: list[float], advantages: list[float], clips: list[int]) ->
 def test_two_ranks_combine_into_the_statistics_of_all_samples():
     a = _rollout([1.0, 0.0, 1.0, 1.0], [0.5, -1.5, 0.5, 0.5], [0, 0, 1, 1])
     b = _rollout([0.0, 0.0], [0.0, 0.0], [0, 1])
-    (sa, ma), (sb, mb) = _rollout_sums_and_means(a), _rollout_sums_and_means(b)
+    (sa, ma), (sb, mb) = rollout_sums_and_means(a), rollout_sums_and_means(b)
     sums = {k: sa[k] + sb[k] for k in sa}  # what the all-reduce adds
     means = {k: (ma[k][0] + mb[k][0], ma[k][1] + mb[k][1]) for k in ma}
     out = reduce_over_ranks(sums, means)

@@ -8,7 +8,9 @@ One training step = one batch of questions:
      response-token count of the GLOBAL batch; ``manual_backward``, ``clip_gradients``, ``step``.
 Samples with zero advantage add nothing to the loss or gradient when there is no KL term, so they
 are skipped in the update (their tokens still count in the normaliser). Under DDP every rank runs
-the same number of micro-batches (padding with zero-weight ones), so gradient syncs line up.
+the same number of micro-batches (padding with zero-weight ones), and gradients are reduced over ranks
+once per optimizer step, in the last micro-batch's backward. The logged metrics are those of every
+rank's samples (``train/rank_metrics.py``).
 Under ModelParallelStrategy the policy (and the reference policy) is sharded with FSDP2 in
 ``configure_model``; the rollout runs with the weights gathered (``gathered_for_generation``), so
 ranks that decode different numbers of tokens never wait on each other's all-gathers.
@@ -29,7 +31,7 @@ from videomem.data.types import VideoQA
 from videomem.memory.loop import GenerationConfig
 from videomem.rl.loss import chunked_token_logprobs, fused_grpo_loss, naive_grpo_loss, token_logprobs
 from videomem.rl.rewards import RewardConfig
-from videomem.rl.rollout import Rollout, RolloutConfig, RolloutSample, prpo_rollout
+from videomem.rl.rollout import RolloutConfig, RolloutSample, prpo_rollout
 from videomem.train.parallel import (
     backward_sync,
     configure_policy,
@@ -37,7 +39,7 @@ from videomem.train.parallel import (
     is_sharded,
     reshard,
 )
-from videomem.train.rank_metrics import reduce_over_ranks, std_from_moments
+from videomem.train.rank_metrics import prpo_step_metrics
 from videomem.train.resume import gather_per_rank, this_rank
 from videomem.train.validation import LoopValidation
 
@@ -317,18 +319,15 @@ class PRPOModule(LightningModule):
         t_update = time.perf_counter() - t1
 
         n_upd = float(sum(len(c) for c in chunks))
-        sums, means = _rollout_sums_and_means(rollout)
-        sums.update({"train/loss": loss_sum, "train/update_samples": n_upd})
-        means.update(
-            {
+        metrics = prpo_step_metrics(  # the whole batch over all ranks: sums and counts, not rank 0's share
+            rollout,
+            sums={"train/loss": loss_sum, "train/update_samples": n_upd},
+            means={
                 "train/clip_fraction": (clip_sum, n_upd * self.epochs),
                 "train/kl": (kl_sum, n_upd * self.epochs),
-            }
-        )
-        times = {"time/rollout_s": t_rollout, "time/update_s": t_update}
-        metrics = reduce_over_ranks(sums, means, times, device=self.device)  # the whole batch, all ranks
-        metrics["rollout/advantage/std"] = std_from_moments(
-            metrics.pop("rollout/advantage/_mean"), metrics.pop("rollout/advantage/_mean_square")
+            },
+            maxes={"time/rollout_s": t_rollout, "time/update_s": t_update},
+            device=self.device,
         )
         metrics["train/response_tokens"] = num_tokens  # already the global count
         self.log_dict(metrics, batch_size=len(batch))
@@ -357,33 +356,6 @@ class PRPOModule(LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer=optimizer)},
         }
-
-
-def _rollout_sums_and_means(rollout: Rollout) -> tuple[dict[str, float], dict[str, tuple[float, float]]]:
-    """``rollout.stats`` as sums and (sum, count) pairs, to be reduced over ranks (``reduce_over_ranks``).
-
-    ``prompts`` and ``samples`` are counts; ``final_answer_accuracy`` is a mean over each question's
-    last-clip samples; the advantage spread is rebuilt from the advantages' first two moments; every
-    other statistic is a mean over the rollout's samples (tree nodes), so it is weighted by them.
-    """
-    nodes = rollout.tree.nodes
-    n = float(len(nodes))
-    sums: dict[str, float] = {}
-    means: dict[str, tuple[float, float]] = {}
-    final_clip: dict[int, int] = {}
-    for node in nodes:
-        final_clip[node.example_index] = max(final_clip.get(node.example_index, 0), node.clip_index)
-    n_last = float(sum(node.clip_index == final_clip[node.example_index] for node in nodes))
-    for key, value in rollout.stats.items():
-        if key in ("prompts", "samples"):
-            sums[f"rollout/{key}"] = value
-        elif key == "final_answer_accuracy":
-            means[f"rollout/{key}"] = (value * n_last, n_last)
-        elif key != "advantage/std":
-            means[f"rollout/{key}"] = (value * n, n)
-    means["rollout/advantage/_mean"] = (sum(node.advantage for node in nodes), n)
-    means["rollout/advantage/_mean_square"] = (sum(node.advantage**2 for node in nodes), n)
-    return sums, means
 
 
 def _trainable_parameters(policy: nn.Module) -> list[nn.Parameter]:

@@ -12,8 +12,8 @@ One all-reduce for the sums and counts, one for the maxes, on every rank, once p
 every rank must pass the same keys (the keys are sorted, so their order does not matter). Without a
 process group the values are this process's.
 
-Deliberately not here: what a metric means (the training modules say which kind each one is) or
-validation (torchmetrics objects, synced once per epoch).
+``rollout_sums_and_means`` says which kind each of a PRPO rollout's statistics is. Deliberately not
+here: validation (torchmetrics objects, synced once per epoch).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 
 from videomem.data.distributed import rank_and_world
+from videomem.rl.rollout import Rollout
 
 
 def reduce_over_ranks(
@@ -66,3 +67,45 @@ def reduce_over_ranks(
 def std_from_moments(mean: float, mean_of_squares: float) -> float:
     """Population standard deviation from E[x] and E[x^2] (each reduced over ranks as a mean)."""
     return math.sqrt(max(0.0, mean_of_squares - mean * mean))
+
+
+def rollout_sums_and_means(rollout: Rollout) -> tuple[dict[str, float], dict[str, tuple[float, float]]]:
+    """``rollout.stats`` as sums and (sum, count) pairs, to be reduced over ranks (``reduce_over_ranks``).
+
+    ``prompts`` and ``samples`` are counts; ``final_answer_accuracy`` is a mean over each question's
+    last-clip samples; the advantage spread is rebuilt from the advantages' first two moments; every
+    other statistic is a mean over the rollout's samples (tree nodes), so it is weighted by them.
+    """
+    nodes = rollout.tree.nodes
+    n = float(len(nodes))
+    sums: dict[str, float] = {}
+    means: dict[str, tuple[float, float]] = {}
+    final_clip: dict[int, int] = {}
+    for node in nodes:
+        final_clip[node.example_index] = max(final_clip.get(node.example_index, 0), node.clip_index)
+    n_last = float(sum(node.clip_index == final_clip[node.example_index] for node in nodes))
+    for key, value in rollout.stats.items():
+        if key in ("prompts", "samples"):
+            sums[f"rollout/{key}"] = value
+        elif key == "final_answer_accuracy":
+            means[f"rollout/{key}"] = (value * n_last, n_last)
+        elif key != "advantage/std":
+            means[f"rollout/{key}"] = (value * n, n)
+    means["rollout/advantage/_mean"] = (sum(node.advantage for node in nodes), n)
+    means["rollout/advantage/_mean_square"] = (sum(node.advantage**2 for node in nodes), n)
+    return sums, means
+
+
+def prpo_step_metrics(
+    rollout: Rollout,
+    sums: dict[str, float],
+    means: dict[str, tuple[float, float]],
+    maxes: dict[str, float],
+    device: torch.device | str = "cpu",
+) -> dict[str, float]:
+    """A PRPO step's metrics over all ranks: the rollout's statistics and the update's (``reduce_over_ranks``)."""
+    rollout_sums, rollout_means = rollout_sums_and_means(rollout)
+    out = reduce_over_ranks({**rollout_sums, **sums}, {**rollout_means, **means}, maxes, device)
+    moments = out.pop("rollout/advantage/_mean", 0.0), out.pop("rollout/advantage/_mean_square", 0.0)
+    out["rollout/advantage/std"] = std_from_moments(*moments)
+    return out
