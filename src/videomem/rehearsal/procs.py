@@ -108,12 +108,21 @@ def kill_node(launcher: subprocess.Popen) -> None:
 
 
 def probe_load(ckpt: Path, out: Path) -> None:
-    """One rank of the load stage: the training modules' sharded loader on ``ckpt``; this rank's peak
-    resident memory while loading (the kernel's VmHWM, reset first) to ``out/rank<r>.json``."""
+    """One rank of the load stage, writing ``out/rank<r>.json``.
+
+    1. The training modules' sharded loader on ``ckpt``: this rank's peak resident memory while loading
+       (the kernel's VmHWM, reset first), against the bytes of the shards it holds.
+    2. One AdamW step of the sharded model on a short text: the bytes per parameter this rank then
+       holds in weights, gradients and optimizer states (its tensors' own sizes, over its share of the
+       parameters): the per-parameter cost docs/performance.md multiplies up to 8B.
+    """
+    import torch
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
 
     from videomem.data.distributed import rank_and_world
+    from videomem.data.types import VideoQA
+    from videomem.memory.loop import step_messages
     from videomem.model.policy import build_policy
     from videomem.train.parallel import sharded_policy
 
@@ -127,9 +136,24 @@ def probe_load(ckpt: Path, out: Path) -> None:
         build_policy("qwen3_vl", path=str(ckpt), weights=False, liger_kernels=False), mesh, "cpu"
     )
     peak = status_kb(os.getpid(), "VmHWM")
-    local = sum(p.to_local().numel() * p.element_size() for p in policy.parameters())
-    result = {"rank": rank, "growth_mb": (peak - before) / 1024, "shard_mb": local / 2**20,
-              "params": sum(p.numel() for p in policy.parameters())}  # fmt: skip
+    params = list(policy.parameters())
+    local = sum(p.to_local().numel() for p in params)
+    result = {"rank": rank, "growth_mb": (peak - before) / 1024, "shard_mb": 4 * local / 2**20,
+              "params": sum(p.numel() for p in params)}  # fmt: skip
+
+    optimizer = torch.optim.AdamW(params, lr=1e-5)
+    frames = torch.zeros(2, 64, 64, 3, dtype=torch.uint8)  # [F, H, W, 3]: one clip
+    qa = VideoQA("v", "q", "What?", ["a", "b"], "A", "c", [frames], [(0.0, 1.0)])
+    inputs = policy.build_inputs([step_messages(qa, 0, "", "")], [frames], completions=["<answer>A</answer>"])
+    policy.train()
+    policy(inputs).loss.backward()  # through FSDP2's gathers and reduce-scatters
+    optimizer.step()
+    state = [t for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t) and t.dim()]
+    tensors = [*params, *(p.grad for p in params if p.grad is not None), *state]
+    held = sum(
+        t.to_local().numel() * t.element_size() if hasattr(t, "to_local") else t.nbytes for t in tensors
+    )
+    result["train_bytes_per_param"] = held / local
     out.mkdir(parents=True, exist_ok=True)
     (out / f"rank{rank}.json").write_text(json.dumps(result))
     dist.barrier()

@@ -242,7 +242,8 @@ class Rehearsal:
         self.measured["load"] = {"checkpoint_mb": size_mb, "ranks": ranks}
         summary = (f"{ranks[0]['params'] / 1e6:.0f}M-param checkpoint {size_mb:.0f} MB; loading added "
                    f"{'/'.join(f'{g:.0f}' for g in growth)} MB per rank at peak ({max(growth) / size_mb:.2f} "
-                   f"of it; shards {ranks[0]['shard_mb']:.0f} MB each)")  # fmt: skip
+                   f"of it; shards {ranks[0]['shard_mb']:.0f} MB each); after an AdamW step "
+                   f"{max(r['train_bytes_per_param'] for r in ranks):.1f} bytes per parameter of its share")  # fmt: skip
         if max(growth) > 0.5 * size_mb:
             raise StageFailed(summary + ": a rank held more than half the checkpoint")
         return summary
