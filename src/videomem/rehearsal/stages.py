@@ -8,8 +8,9 @@ chosen free at run time), running the paper's experiment files with the tiny Qwe
 
   data      synthetic shards, and a benchmark (tests/fixtures videomme annotations over real footage)
             imported with ``videomem shards``
-  load      a 126M-parameter Qwen3-VL checkpoint loaded sharded over the 4 ranks (the training
-            modules' own loader): every rank's peak resident memory against the checkpoint's size
+  load      a 128M-parameter Qwen3-VL checkpoint loaded sharded over the 4 ranks (the training
+            modules' own loader): every rank's peak resident memory against the checkpoint's size,
+            and the bytes per parameter each rank holds after one AdamW step
   sft       ``run_sft`` from a saved base checkpoint (like Qwen3-VL-8B-Instruct), sharded checkpoints
   prpo      ``run_prpo`` with kl_coef 0 (the paper)
   prpo_kl   ``run_prpo`` with kl_coef 0.15 (a reference policy, sharded too), uninterrupted
@@ -39,6 +40,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 from videomem import CONFIG_DIR
 from videomem.rehearsal.procs import PeakMemory, free_port, kill_node
 
@@ -56,23 +59,10 @@ FSDP = [
     "data.epoch_length=8",  # a validation every 2 steps
     "callbacks.save_policy.latest=null",
 ]
-TINY_QWEN3_VL = {
-    "hidden_size": 128,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "intermediate_size": 256,
-    "vision_depth": 2,
-    "vision_hidden_size": 64,
-}  # fmt: skip  (configs/model/tiny_qwen3_vl.yaml)
-PROBE_SHAPE = {
-    **TINY_QWEN3_VL,
-    "hidden_size": 1024,
-    "num_hidden_layers": 8,
-    "num_attention_heads": 8,
-    "num_key_value_heads": 4,
-    "intermediate_size": 4096,
-}  # fmt: skip  (126M parameters)
+# the tiny Qwen3-VL of the experiment files, and a larger one for the load stage (128M parameters)
+TINY_QWEN3_VL = dict(OmegaConf.load(Path(CONFIG_DIR) / "model" / "tiny_qwen3_vl.yaml").tiny)
+PROBE_SHAPE = {**TINY_QWEN3_VL, "hidden_size": 1024, "num_hidden_layers": 8, "num_attention_heads": 8,
+               "num_key_value_heads": 4, "intermediate_size": 4096}  # fmt: skip
 
 
 # ---- stages ----------------------------------------------------------------------------------------
