@@ -19,8 +19,9 @@ chosen free at run time), running the paper's experiment files with the tiny Qwe
   resume    both nodes restarted with the documented resume command (``ckpt_path=.../last.ckpt``);
             the final weights must equal the uninterrupted run's, tensor for tensor
   export    ``videomem export`` of the sharded checkpoint, equal to the policy the run saved
-  eval      ``run_eval`` of the exported policy on the synthetic test split (one process)
-  bench     ``run_eval bench=videomme`` on the imported benchmark: its official score
+  eval      ``run_eval`` of the exported policy on the synthetic test split across the 4 ranks; its
+            per-question records must equal a single process's (``eval_1proc``)
+  bench     ``run_eval bench=videomme`` on the imported benchmark across the 4 ranks: its official score
 
 It prints one table (stage, wall time, peak resident memory of each rank, outcome), writes it with the
 measurements to ``<out>/rehearsal.json`` and exits 1 if any stage failed. What a CPU simulation cannot
@@ -279,16 +280,33 @@ class Rehearsal:
             raise StageFailed(f"the export differs from the policy the run saved ({same}/{n} tensors equal)")
         return f"sharded checkpoint -> transformers dir, equal to the saved policy ({n}/{n} tensors)"
 
-    def evaluate(self, name: str, args: list[str]) -> dict:
+    def evaluate(self, name: str, args: list[str], ranks: bool = True) -> dict:
+        """``run_eval`` of the exported policy: across the 4 ranks of the 2 nodes, or in one process."""
         out = self.out / "eval" / f"{name}.json"
-        self.single(
-            [self.python, "-m", "videomem.run_eval", f"ckpt={self.out / 'export'}", f"out={out}", *args], name
-        )
+        # batches of 8: the same batches in one process and dealt to 4 ranks, so the same outputs
+        args = ["-m", "videomem.run_eval", f"ckpt={self.out / 'export'}", f"out={out}", "batch_size=8", *args]
+        if ranks:
+            self.wait(
+                self.watched(self.nodes([*args, f"hydra.run.dir={self.out / 'runs' / name}"], name)), name
+            )
+        else:
+            self.single([self.python, *args], name)
         return json.loads(out.read_text())
 
-    def eval_test(self) -> str:
+    def eval_one(self) -> str:
+        result = self.evaluate(
+            "eval_1proc", [f"shards={self.out / 'data' / 'synthetic' / 'test'}"], ranks=False
+        )
+        return f"{result['n']} test questions in one process (the reference of the next stage)"
+
+    def eval_ranks(self) -> str:
         result = self.evaluate("eval", [f"shards={self.out / 'data' / 'synthetic' / 'test'}"])
-        return (f"{result['n']} test questions in one process: accuracy {result['accuracy']:.3f}, parse failures "
+        single = json.loads((self.out / "eval" / "eval_1proc.json").read_text())
+        same = sum(a == b for a, b in zip(result["records"], single["records"]))
+        if len(result["records"]) != len(single["records"]) or same != len(single["records"]):
+            raise StageFailed(f"records differ from one process's ({same}/{len(single['records'])} equal)")
+        return (f"{result['n']} test questions over 4 ranks: per-question records equal to one process's "
+                f"({same}/{same}); accuracy {result['accuracy']:.3f}, parse failures "
                 f"{result['parse_failure_rate']:.2f} (8 training steps teach the tiny model nothing)")  # fmt: skip
 
     def bench(self) -> str:
@@ -296,7 +314,7 @@ class Rehearsal:
         official = result.get("official") or {}
         if "score" not in official:
             raise StageFailed("no official score in the evaluation")
-        return f"videomme official score {official['score']:.3f} over {official['n']} questions (json: eval/bench.json)"
+        return f"videomme over 4 ranks: official score {official['score']:.3f} over {official['n']} questions"
 
     def run(self) -> bool:
         """Every stage in order (a stage whose input a failed one should have made is left out)."""
@@ -313,7 +331,8 @@ class Rehearsal:
             if kl.ok and self.stage("kill", self.killed).ok:
                 self.stage("resume", self.resumed)
         if (self.out / "runs" / "prpo_kl" / "policy").is_dir() and self.stage("export", self.export).ok:
-            self.stage("eval", self.eval_test)
+            if self.stage("eval_1proc", self.eval_one).ok:
+                self.stage("eval", self.eval_ranks)
             self.stage("bench", self.bench)
         return all(s.ok for s in self.stages)
 
