@@ -41,7 +41,7 @@ EVAL_DIR := $(if $(filter-out 1,$(NPROC)),'hydra.run.dir=$${paths.log_dir}/eval/
 ANSWER_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo data sft prpo ablate compare eval eval-sweep eval-clips shards memories answer export test bench lint format clean
+.PHONY: help install demo data sft prpo ablate compare eval eval-sweep eval-clips shards memories answer export test rehearse bench lint format clean
 
 help: ## List every target with one line each
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -106,6 +106,9 @@ export: install ## Any checkpoint (policy dir, Lightning .ckpt, sharded ckpt dir
 
 test: install ## Fast CPU test suite (no slow, gpu, perf or distributed tests)
 	$(PY) -m pytest -m "not slow and not gpu and not perf and not distributed" -q $(PYTEST_ARGS) || [ $$? -eq 5 ]
+
+rehearse: install ## Dress rehearsal of the paper recipe: 2 simulated nodes x 2 ranks on this CPU, SFT -> PRPO -> kill -> resume -> export -> eval (a few minutes)
+	$(PY) -m videomem.rehearsal $(ARGS)
 
 bench: install ## Performance benchmarks (tests/perf): prints BENCH <name> <value> target PASS|MISS
 	$(PY) -m pytest tests/perf -m perf -q -s -p no:cacheprovider $(PYTEST_ARGS)

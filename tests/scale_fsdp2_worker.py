@@ -6,8 +6,10 @@ Runs through Lightning's ModelParallelStrategy (configs/trainer/fsdp2.yaml) with
   2. on the sharded SFT policy: greedy generation inside ``gathered_for_generation`` with a different
      number of decoding steps per rank (would deadlock if any decoding forward all-gathered), compared
      with the same weights unsharded;
-  3. PRPO, 1 step (rollout with gathered weights, Liger fused GRPO loss on the root-held lm_head;
-     the samples get advantages of +-1 so the update is never empty).
+  3. PRPO with a KL term, 1 step (rollout with gathered weights, Liger fused GRPO loss on the root-held
+     lm_head, the reference policy's log-probs; the samples get advantages of +-1 so the update is
+     never empty);
+  4. ``run_prpo prpo=false`` on the SFT policy: validated, gathered and saved by rank 0.
 The SFT run leaves ROOT/run/checkpoints/last.ckpt (sharded) and ROOT/run/policy (SavePolicy) for the
 export test.
 Writes ``ROOT/result_rank{r}.json``; the test asserts on it. Not a test module itself (no ``test_``).
@@ -25,6 +27,7 @@ import hydra
 import torch
 import torch.distributed as dist
 from omegaconf import OmegaConf
+from safetensors.torch import load_file
 from torch.distributed.tensor import DTensor
 
 import videomem.train.prpo as prpo_module
@@ -109,6 +112,7 @@ def main(root: Path) -> None:
             *shards,
             "trainer.max_steps=1",
             "cold_start=false",
+            "module.kl_coef=0.15",  # a reference policy, read under FSDP2 (its lm_head after its forward)
             "module.rollout.group_size=2",
             "module.rollout.max_new_tokens=8",
             "module.val_generation.max_new_tokens=8",
@@ -134,8 +138,37 @@ def main(root: Path) -> None:
     full = full_state_dict(prpo.policy)
     result["prpo_global_step"] = trainer.global_step
     result["prpo_all_dtensor"] = all(isinstance(p, DTensor) for p in prpo.policy.parameters())
+    result["prpo_kl_logged"] = "train/kl" in trainer.callback_metrics
+    result["ref_resharded"] = all(isinstance(p, DTensor) for p in prpo.ref_policy.parameters())
     if rank == 0:
         result["prpo_changed"] = sum(not torch.equal(v, before[k]) for k, v in full.items())
+
+    # 4. prpo=false ("cold start only") under FSDP2: the initial policy validated, gathered and saved
+    from videomem.run_prpo import main as run_prpo
+
+    sft_policy = root / "run" / "policy"
+    cfg = compose_config(
+        "prpo",
+        [
+            *COMMON,
+            *shards,
+            "prpo=false",
+            f"init_from={sft_policy}",
+            "module.kl_coef=0",
+            "module.val_generation.max_new_tokens=8",
+            f"callbacks.save_policy.dirpath={root}/cold/policy",
+            "callbacks.save_policy.latest=null",
+        ],
+        root,
+    )
+    run_prpo.__wrapped__(cfg)
+    dist.barrier()
+    if rank == 0:
+        saved = load_file(root / "cold" / "policy" / "model.safetensors")
+        initial = load_file(sft_policy / "model.safetensors")
+        result["cold_start_saved_equal"] = saved.keys() == initial.keys() and all(
+            torch.equal(saved[k], initial[k]) for k in saved
+        )
     (root / f"result_rank{rank}.json").write_text(json.dumps(result, indent=1))
 
 

@@ -248,6 +248,7 @@ def test_eval_of_a_missing_checkpoint_says_what_to_run(compose_cfg, tmp_path, sh
         run(eval_cfg(compose_cfg, tmp_path / "none", shards, tmp_path / "r.json"))
 
 
+@pytest.mark.slow  # two evaluations and a report: ~11 s
 def test_eval_sweep_evaluates_each_saved_policy_once_and_compare_reports_it(
     tmp_path, policy_dir, shards, capsys
 ) -> None:

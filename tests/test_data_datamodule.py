@@ -1,20 +1,15 @@
-"""datamodule.py: batches of VideoQA, equal epochs, each eval question exactly once over workers, corrupt skip."""
+"""datamodule.py and train_stream.py: batches of VideoQA, equal epochs, each training question once per pass,
+each eval question exactly once over ranks and workers, corrupt skip."""
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 
 import pytest
 import torch
 
-from videomem.data.datamodule import (
-    CategoryKeep,
-    EvalStream,
-    VideoQADataModule,
-    WorkerSeed,
-    count_questions,
-    rank_and_world,
-)
+from videomem.data.datamodule import EvalStream, VideoQADataModule, rank_and_world
 from videomem.data.shards import (
     VideoQADecoder,
     VideoSample,
@@ -23,7 +18,9 @@ from videomem.data.shards import (
     read_meta,
     write_shards,
 )
+from videomem.data.skips import SkipLog
 from videomem.data.synthetic import generate_dataset
+from videomem.data.train_stream import TrainStream, index_videos, keeps
 from videomem.data.types import VideoQA
 
 
@@ -36,10 +33,11 @@ def shards(tmp_path_factory):
 
 
 def _qids(loader) -> list[str]:
+    """Question ids of every batch (a validation loader pads with None: left out)."""
     out = []
     for batch in loader:
-        assert isinstance(batch, list) and all(isinstance(q, VideoQA) for q in batch)
-        out += [q.qid for q in batch]
+        assert isinstance(batch, list) and all(isinstance(q, VideoQA) or q is None for q in batch)
+        out += [q.qid for q in batch if q is not None]
     return out
 
 
@@ -50,7 +48,6 @@ def test_train_batches_are_lists_of_videoqa_with_resized_frames(shards):
         frames_per_clip=4,
         frame_size=[28, 56],
         backend="decord",
-        shuffle_buffer=8,
         epoch_length=10,
     )
     loader = dm.train_dataloader()
@@ -71,7 +68,6 @@ def test_two_workers_equal_epochs_distinct_streams(shards):
         frames_per_clip=2,
         frame_size=None,
         backend="pyav",
-        shuffle_buffer=8,
         epoch_length=16,
     )
     loader = dm.train_dataloader()
@@ -80,7 +76,7 @@ def test_two_workers_equal_epochs_distinct_streams(shards):
     assert len(loader) == len(epoch1) == len(epoch2) == 4  # 16 / 4, each of the 2 workers gives 2 batches
     assert all(len(b) == 4 for b in epoch1 + epoch2)
     assert epoch1[0] != epoch1[1]  # batches 0 and 1 come from different workers: different seeds
-    assert epoch1 != epoch2  # persistent workers move on to the next resampling epoch
+    assert epoch1 != epoch2  # persistent workers move on to the next part of their stream
 
 
 def test_train_stream_is_seeded(shards):
@@ -91,7 +87,6 @@ def test_train_stream_is_seeded(shards):
             frames_per_clip=2,
             frame_size=None,
             backend="pyav",
-            shuffle_buffer=8,
             seed=seed,
             epoch_length=9,
         )
@@ -101,30 +96,23 @@ def test_train_stream_is_seeded(shards):
     assert first_epoch(0) != first_epoch(1)
 
 
-def _fake(category: str) -> VideoQA:
-    return VideoQA("v", "q", "?", ["a", "b"], "A", category, [], [])
-
-
 def test_category_keep_keeps_each_family_with_its_probability():
-    questions = [_fake(c) for c in ("count", "first", "shape", "other") for _ in range(4000)]
-    stage = CategoryKeep({"count": 1.0, "first": 0.2, "shape": 0.5, "never": 0.0}, seed=3)
-    kept = Counter(qa.category for qa in stage(iter(questions)))
+    keep = {"count": 1.0, "first": 0.2, "shape": 0.5, "never": 0.0}
+    kept = Counter(
+        c
+        for c in ("count", "first", "shape", "other")
+        for v in range(4000)
+        if keeps(keep, 3, 0, f"v{v}", 0, c)
+    )
     assert kept["count"] == 4000 and kept["other"] == 4000  # probability 1, and unnamed: always kept
     assert abs(kept["first"] / 4000 - 0.2) < 0.03 and abs(kept["shape"] / 4000 - 0.5) < 0.03
-    drop_shape = [qa.category for qa in CategoryKeep({"shape": 0.0})(iter(questions))]
-    assert "shape" not in drop_shape and len(drop_shape) == 12000
-
-    def run(seed):
-        return [qa.category for qa in CategoryKeep({"count": 0.5, "first": 0.1}, seed=seed)(iter(questions))]
-
-    assert run(3) == run(3) != run(4)
-    for bad in ({"count": 1.5}, {"count": -0.1}):
-        with pytest.raises(ValueError):
-            CategoryKeep(bad)
-    drop_all = CategoryKeep({"count": 0.0, "first": 0.0, "shape": 0.0, "other": 0.0})
-    drop_all.max_dropped_in_a_row = 100
-    with pytest.raises(ValueError, match="dropped 100 training questions in a row"):
-        list(drop_all(iter(questions)))
+    draws = [
+        keeps({"count": 0.5}, seed, p, f"v{v}", 0, "count")
+        for seed, p in ((3, 0), (3, 1), (4, 0))
+        for v in range(64)
+    ]
+    assert draws[:64] != draws[64:128] and draws[:64] != draws[128:]  # a new draw per pass and per seed
+    assert draws[:64] == [keeps({"count": 0.5}, 3, 0, f"v{v}", 0, "count") for v in range(64)]
 
 
 def test_category_keep_in_the_training_stream(shards):
@@ -134,20 +122,70 @@ def test_category_keep_in_the_training_stream(shards):
         frames_per_clip=2,
         frame_size=None,
         backend="pyav",
-        shuffle_buffer=8,
         epoch_length=40,
         category_keep={"count": 0.0, "shape": 0.0},
     )
     batches = list(dm.train_dataloader())
     assert len(batches) == 10 and all(len(b) == 4 for b in batches)  # the epoch still fills up
     assert {qa.category for b in batches for qa in b} == {"first"}
+    everything = VideoQADataModule(
+        train_shards=str(shards / "train"), category_keep={"count": 0.0, "first": 0.0, "shape": 0.0}
+    )
+    with pytest.raises(ValueError, match="leaves no training question"):
+        next(iter(everything.train_dataloader()))
 
 
 def test_default_epoch_is_all_training_questions(shards):
     urls = expand_shards(str(shards / "train"))
-    assert count_questions(urls) == 36  # 12 videos x 3 families
+    assert sum(len(v.categories) for v in index_videos(urls, SkipLog())) == 36  # 12 videos x 3 families
     dm = VideoQADataModule(train_shards=urls, batch_size=5, frames_per_clip=2, frame_size=None)
     assert len(dm.train_dataset()) == 40  # rounded up to whole batches
+
+
+@pytest.mark.parametrize("world,workers", [(2, 2), (1, 5)])
+def test_each_training_question_once_per_pass_over_ranks_and_workers(shards, world, workers):
+    """Every consumer's share of a pass, read from its stream, covers every question exactly once, pass
+    after pass (12 videos: shares of 3 videos each over 2 x 2, of 2 or 3 over 5); the order changes."""
+    videos = index_videos(expand_shards(str(shards / "train")), SkipLog())
+    decoder = VideoQADecoder(frames_per_clip=1, frame_size=[28, 28], backend="pyav")
+    streams = [TrainStream(videos, decoder, r, world, 9, 3, workers, seed=1) for r in range(world)]
+    consumers = [(s, s.rank * workers + w) for s in streams for w in range(workers)]
+    firsts = []
+    for passes in range(2):
+        seen = Counter()
+        for stream, c in consumers:
+            before = sum(3 * len(stream.share(p, c)) for p in range(passes))
+            share = 3 * len(stream.share(passes, c))
+            got = [qa.qid for qa in itertools.islice(stream.questions(c, before), share)]
+            seen.update(got)
+            firsts.append(got[0])
+        assert len(seen) == 36 and set(seen.values()) == {1}  # each question once in the pass
+    assert firsts[: len(consumers)] != firsts[len(consumers) :]  # pass 1 is another shuffle
+
+
+def test_two_ranks_x_two_workers_epochs_cover_each_question_once(shards, monkeypatch):
+    """Through the DataLoaders: with an epoch of one pass (36 questions, shares of 9), the first epoch
+    of 2 ranks x 2 workers holds every question once, the first two epochs every question twice."""
+    seen = [Counter(), Counter()]
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for rank in range(2):
+        monkeypatch.setenv("RANK", str(rank))
+        dm = VideoQADataModule(
+            train_shards=str(shards / "train"), batch_size=3, num_workers=2, frames_per_clip=1, frame_size=[28, 28],
+            backend="pyav", epoch_length=36,
+        )  # fmt: skip
+        loader = dm.train_dataloader()
+        for epoch in range(2):
+            seen[epoch].update(_qids(loader))
+    assert len(seen[0]) == 36 and set(seen[0].values()) == {1}
+    assert len(seen[0] + seen[1]) == 36 and set((seen[0] + seen[1]).values()) == {2}
+
+
+def test_too_few_videos_for_ranks_and_workers_is_one_clear_error(shards):
+    videos = index_videos(expand_shards(str(shards / "val")), SkipLog())  # 6 videos
+    decoder = VideoQADecoder(frames_per_clip=1, frame_size=None)
+    with pytest.raises(ValueError, match="6 training videos for 4 ranks x 2 DataLoader workers"):
+        TrainStream(videos, decoder, 0, 4, 3, 3, 2)
 
 
 @pytest.mark.parametrize("split,workers", [("val", 2), ("train", 2), ("train", 0)])
@@ -192,11 +230,25 @@ def test_two_ranks_split_without_overlap(shards, split):
     assert len(seen) == (6 if split == "val" else 12) and set(seen.values()) == {3}
 
 
+@pytest.mark.parametrize("limit", [2, None])
+def test_padded_validation_gives_every_rank_as_many_items(shards, limit):
+    """val_limit=2 puts both questions (one video) on rank 0: padded, rank 1 still yields 2 items (None),
+    so under DDP both run the same number of validation steps; the questions stay exactly once."""
+    urls = expand_shards(str(shards / "train"))  # 3 shards, 12 videos
+    per_rank = []
+    for rank in range(2):
+        decoder = VideoQADecoder(frames_per_clip=2, frame_size=None, backend="pyav")
+        per_rank.append(list(EvalStream(urls, decoder, limit=limit, rank=rank, world=2, pad=True)))
+    assert len(per_rank[0]) == len(per_rank[1]) == (2 if limit else 18)
+    questions = [q.qid for items in per_rank for q in items if q is not None]
+    assert len(questions) == len(set(questions)) == (limit or 36)
+    assert per_rank[1] == [None, None] if limit else None not in per_rank[1]
+
+
 def test_rank_comes_from_the_environment_without_trainer(monkeypatch):
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "4")
     assert rank_and_world() == (1, 4)
-    assert WorkerSeed(3)() == 3000  # rank 3, main process = worker 0
 
 
 def test_corrupt_video_is_skipped_and_counted(shards, tmp_path, caplog):

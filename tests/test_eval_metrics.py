@@ -102,7 +102,7 @@ def _ddp_worker(rank: int, world: int, port: int, categories, queue) -> None:
     queue.put((rank, out))
 
 
-@pytest.mark.slow
+@pytest.mark.distributed
 @pytest.mark.parametrize("categories", [["x", "y", "z"], None])
 def test_ddp_two_processes_sync_to_the_worked_numbers(categories):
     import socket

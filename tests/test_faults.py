@@ -209,7 +209,8 @@ def test_datamodule_val_limit_stream_counts_shard_faults_once_over_workers(corpu
         frame_size=[32, 32],
         val_limit=1000,
     )
-    got = _within(DEADLINE_S, lambda: [qa.qid for batch in dm.val_dataloader() for qa in batch])
+    loader = dm.val_dataloader()  # padded with None so that DDP ranks run as many steps: left out
+    got = _within(DEADLINE_S, lambda: [qa.qid for batch in loader for qa in batch if qa is not None])
     good, bad = _expected(cases)
     assert sorted(got) == sorted(good + GOOD)
     assert dm.skipped == bad  # every consumer reads every tar here: only one records the tar faults
@@ -218,8 +219,7 @@ def test_datamodule_val_limit_stream_counts_shard_faults_once_over_workers(corpu
 def test_training_stream_skips_bad_data_and_keeps_training(corpus):
     root, cases = corpus
     dm = VideoQADataModule(
-        train_shards=str(root), batch_size=4, frames_per_clip=2, frame_size=[32, 32], shuffle_buffer=4,
-        epoch_length=40,
+        train_shards=str(root), batch_size=4, frames_per_clip=2, frame_size=[32, 32], epoch_length=40,
     )  # fmt: skip
     got = _within(DEADLINE_S, lambda: [qa.qid for batch in dm.train_dataloader() for qa in batch])
     good, _ = _expected(cases)
@@ -239,7 +239,7 @@ def test_training_stream_without_a_usable_sample_stops_with_one_message(corpus, 
         urls = [str(root / f"{shards}.tar")]
     dm = VideoQADataModule(
         train_shards=urls, batch_size=2, num_workers=workers, frames_per_clip=2, frame_size=[32, 32],
-        shuffle_buffer=4, epoch_length=8,
+        epoch_length=8,
     )  # fmt: skip
     with pytest.raises(NoUsableDataError, match="no usable sample") as info:
         _within(DEADLINE_S, lambda: next(iter(dm.train_dataloader())))

@@ -53,6 +53,7 @@ LAYERS: dict[str, int] = {
     "run_eval": 7,
     "run_memories": 7,
     "config_check": 7,  # the start-up check of a run's settings, called by the entry points
+    "rehearsal": 7,  # make rehearse: runs the entry points on a simulated cluster
 }
 #: Files allowed to ask torch.distributed for a rank or a world size.
 WORLD_SIZE_LOOKUPS = {"data/distributed.py", "eval/metrics.py"}

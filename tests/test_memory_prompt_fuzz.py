@@ -64,6 +64,7 @@ mutated = st.builds(
 any_output = st.one_of(adversarial, mutated)
 
 
+@pytest.mark.slow  # 10,000 examples: ~15 s
 @settings(max_examples=10_000, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(text=any_output, num_options=st.integers(0, len(LETTERS)))
 def test_parser_never_raises_and_format_ok_means_one_memory_and_one_valid_letter(text, num_options):

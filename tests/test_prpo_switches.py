@@ -43,7 +43,8 @@ def _overrides(shards: Path, sft_ckpt: Path, extra: list[str]) -> list[str]:
         f"data.train_shards={shards}/train",
         f"data.val_shards={shards}/val",
         f"init_from={sft_ckpt}",
-        "data.batch_size=2",
+        "data.batch_size=1",
+        "data.num_workers=0",  # no worker process to start for one step
         "data.val_limit=2",
         "trainer.max_steps=1",
         "+trainer.limit_val_batches=0",

@@ -245,3 +245,21 @@ def test_update_samples_skip_zero_advantages_when_asked():
     kept = lambda skip: [s.node_id for s in _update_samples(samples, skip)]  # noqa: E731
     assert kept(True) == [1, 3]  # a KL term, if any, acts on the updated samples only
     assert kept(False) == [0, 1, 2, 3]
+
+
+def test_the_reference_policy_stays_out_of_checkpoints():
+    """The KL reference is rebuilt from ``init_from`` on resume: its weights are no part of the module's
+    state (a checkpoint would otherwise carry a second copy of the model), nor of its parameters."""
+    module = PRPOModule(
+        policy=functools.partial(build_policy, "qwen2_5_vl", tiny=TINY),
+        optimizer=functools.partial(torch.optim.AdamW, lr=1e-3),
+        cold_start=False,
+        kl_coef=0.1,
+    )
+    module.configure_model()
+    assert module.ref_policy is not None and not module.ref_policy.training
+    assert not [k for k in module.state_dict() if "ref_policy" in k]
+    policy_params = {id(p) for p in module.policy.parameters()}
+    assert {id(p) for p in module.parameters()} == policy_params
+    module.train()
+    assert not module.ref_policy.training  # Lightning's train() does not reach it either

@@ -5,7 +5,7 @@ checkpoint (``KillAt``, a callback added by override); resumed from that run's `
 resumed run's final weights must equal the uninterrupted run's bitwise (one CPU thread). Without the
 saved stream position or the rollout generator they differ by ~1e-2 (checked by hand when this test
 was written). Also: checkpoints load with safe (``weights_only``) loading, the training stream resumes
-mid-pass with 0, 1 or 2 workers, and a missing ``ckpt_path`` is one line naming it.
+mid-epoch with 0, 1 or 2 workers, and a missing ``ckpt_path`` is one line naming it.
 """
 
 from __future__ import annotations
@@ -76,12 +76,12 @@ def _kill_and_resume(module: str, common: list[str], tmp_path: Path, every: int,
     state = torch.load(ckpt, weights_only=True)  # safe loading, nothing allow-listed
     assert 0 < state["global_step"] < kill_at and not (tmp_path / "killed" / "policy").exists()
     assert (
-        state["VideoQADataModule"]["batches"] % state["VideoQADataModule"]["batches_per_pass"] != 0
-    )  # mid-pass
+        state["VideoQADataModule"]["batches"] % state["VideoQADataModule"]["batches_per_epoch"] != 0
+    )  # mid-epoch
 
     resumed = _run(module, [*common, f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path}/resumed"], tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "training stream resumes at pass" in resumed.stderr + resumed.stdout
+    assert "training stream resumes at epoch" in resumed.stderr + resumed.stdout
     a = load_file(tmp_path / "full" / "policy" / "model.safetensors")
     b = load_file(tmp_path / "resumed" / "policy" / "model.safetensors")
     assert a.keys() == b.keys()
@@ -89,6 +89,7 @@ def _kill_and_resume(module: str, common: list[str], tmp_path: Path, every: int,
     assert not differ, f"{len(differ)} tensors differ, e.g. {differ[0]}"
 
 
+@pytest.mark.slow  # two training subprocesses and a resumed one: ~25 s
 def test_sft_killed_and_resumed_ends_with_the_same_weights(data, tmp_path) -> None:
     common = [
         f"data.train_shards={data}/train",
@@ -105,6 +106,7 @@ def test_sft_killed_and_resumed_ends_with_the_same_weights(data, tmp_path) -> No
     _kill_and_resume("videomem.run_sft", common, tmp_path, every=4, kill_at=6)  # resumes at epoch 1, batch 1
 
 
+@pytest.mark.slow  # two training subprocesses and a resumed one: ~25 s
 def test_prpo_killed_and_resumed_ends_with_the_same_weights(data, tmp_path) -> None:
     sft = tmp_path / "sft_policy"
     tiny = {"hidden_size": 64, "num_hidden_layers": 1, "intermediate_size": 128}
@@ -129,6 +131,7 @@ def test_prpo_killed_and_resumed_ends_with_the_same_weights(data, tmp_path) -> N
     _kill_and_resume("videomem.run_prpo", common, tmp_path, every=2, kill_at=5)  # resumes at epoch 1, batch 1
 
 
+@pytest.mark.slow  # a fresh interpreter with torch and lightning: ~5 s
 def test_missing_checkpoint_is_one_line_naming_it(tmp_path) -> None:
     missing = tmp_path / "run" / "checkpoints" / "last.ckpt"
     proc = _run("videomem.run_sft", [f"ckpt_path={missing}"], tmp_path)
@@ -183,8 +186,7 @@ def _stream(data: Path, workers: int, state: dict | None = None) -> VideoQADataM
         num_workers=workers,
         frames_per_clip=2,
         frame_size=[28, 28],
-        shuffle_buffer=8,
-        epoch_length=12,  # 6 batches per pass over all workers
+        epoch_length=12,  # 6 batches per epoch over all workers
         category_keep={"first": 0.5},
     )
     if state is not None:
@@ -192,19 +194,19 @@ def _stream(data: Path, workers: int, state: dict | None = None) -> VideoQADataM
     return dm
 
 
-def _passes(loader, n: int) -> list[list[str]]:
-    """Batches (as qid lists) of ``n`` passes over one loader, as Lightning's epochs iterate it."""
+def _epochs(loader, n: int) -> list[list[str]]:
+    """Batches (as qid lists) of ``n`` epochs of one loader, as Lightning iterates it."""
     return [[qa.qid for qa in batch] for _ in range(n) for batch in loader]
 
 
 @pytest.mark.parametrize("workers", [0, 1, 2])
-def test_training_stream_resumes_mid_pass_in_the_same_order(data, workers) -> None:
-    """A stream resumed at (pass 1, 3 batches consumed) yields exactly the rest of the uninterrupted one,
-    the next pass included; resumed at the wrong place it would not (the check can fail)."""
-    full = _passes(_stream(data, workers).train_dataloader(), 3)  # [18 batches]
-    shape = {"batches_per_pass": 6, "workers": max(1, workers), "batch_size": 2}
-    resumed = _passes(_stream(data, workers, {"pass": 1, "batches": 3, **shape}).train_dataloader(), 2)
-    assert resumed == full[9:]  # 3 left of pass 1, then pass 2
+def test_training_stream_resumes_mid_epoch_in_the_same_order(data, workers) -> None:
+    """A stream resumed at (epoch 1, 3 batches consumed) yields exactly the rest of the uninterrupted one,
+    the next epoch included; resumed at the wrong place it would not (the check can fail)."""
+    full = _epochs(_stream(data, workers).train_dataloader(), 3)  # [18 batches]
+    shape = {"batches_per_epoch": 6, "workers": max(1, workers), "world": 1, "videos": 8, "batch_size": 2}
+    resumed = _epochs(_stream(data, workers, {"epoch": 1, "batches": 3, **shape}).train_dataloader(), 2)
+    assert resumed == full[9:]  # 3 left of epoch 1, then epoch 2
     assert full[6:9] != full[9:12]  # so a resume that did not skip would be caught
-    at_end = _passes(_stream(data, workers, {"pass": 0, "batches": 6, **shape}).train_dataloader(), 1)
-    assert at_end == full[6:12]  # a checkpoint at the end of pass 0 resumes at the start of pass 1
+    at_end = _epochs(_stream(data, workers, {"epoch": 0, "batches": 6, **shape}).train_dataloader(), 1)
+    assert at_end == full[6:12]  # a checkpoint at the end of epoch 0 resumes at the start of epoch 1

@@ -1,7 +1,7 @@
 """FSDP2 through Lightning's ModelParallelStrategy with 2 processes on CPU/gloo (configs/trainer/fsdp2.yaml).
 
 One ``torchrun --standalone --nproc-per-node 2 tests/scale_fsdp2_worker.py`` run (about 35 s on 2 busy
-cores, hence ``slow``) does SFT (2 steps + validation), gathered generation with a different decode
+cores, marked ``distributed``) does SFT (2 steps + validation), gathered generation with a different decode
 length per rank, and a PRPO step; the tests below read what each rank wrote. The sharded Lightning
 checkpoint it leaves is exported and compared with the policy the run saved itself.
 """
@@ -20,7 +20,7 @@ import torch
 from videomem.export import export
 from videomem.model.policy import Policy
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.distributed
 WORKER = Path(__file__).with_name("scale_fsdp2_worker.py")
 
 
@@ -69,7 +69,13 @@ def test_prpo_step_updates_the_sharded_policy(run) -> None:
     _, results = run
     for r in results:
         assert r["prpo_global_step"] == 1 and r["prpo_all_dtensor"]
+        assert r["prpo_kl_logged"] and r["ref_resharded"]  # the KL term ran on the sharded reference
     assert results[0]["prpo_changed"] > 0  # fused GRPO loss on the root-held lm_head reached the weights
+
+
+def test_prpo_false_saves_the_gathered_initial_policy(run) -> None:
+    _, results = run
+    assert results[0]["cold_start_saved_equal"]  # the whole SFT policy, not one rank's shards
 
 
 def test_export_of_the_sharded_checkpoint(run, tmp_path) -> None:

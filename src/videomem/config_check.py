@@ -128,7 +128,6 @@ RULES: dict[str, Rule] = {
     "data.batch_size": _int(1, "questions per step"),
     "data.num_workers": _int(0, "DataLoader workers"),
     "data.frames_per_clip": _int(1, "frames per clip"),
-    "data.shuffle_buffer": _int(1, "shuffle buffer"),
     "data.val_limit": _int(1, "validation questions", nullable=True),
     "data.epoch_length": _int(1, "training questions per epoch", nullable=True),
     # model (the tiny build: model.tiny.*, a key of videomem.model.tiny.TINY_DEFAULTS)

@@ -2,7 +2,8 @@
 
 ``prpo=false`` ("cold start only", paper Table 5) trains nothing: the initial policy (the SFT
 checkpoint) is validated once (``val/*`` logged at step 0, as in a training run) and saved as this
-stage's result, so the evaluation and ablation plumbing stay the same.
+stage's result (gathered first when FSDP sharded it, like at the end of a training run), so the
+evaluation and ablation plumbing stay the same.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from omegaconf import DictConfig
 from videomem import CONFIG_DIR
 from videomem.cli import UserError, check_shards, one_line_errors
 from videomem.config_check import check_config
-from videomem.train.callbacks import point_latest
+from videomem.train.callbacks import point_latest, save_policy
 from videomem.train.resume import check_ckpt_path
 from videomem.train.runner import train, validate
 
@@ -42,10 +43,10 @@ def main(cfg: DictConfig) -> float | None:
     if not cfg.prpo:
         module, metrics = validate(cfg)
         out = Path(cfg.callbacks.save_policy.dirpath)
-        module.policy.save_pretrained(out)
-        if cfg.callbacks.save_policy.latest:
-            point_latest(out.resolve(), Path(cfg.callbacks.save_policy.latest))
-        print(f"prpo=false: validated and saved the initial policy to {out}")
+        if save_policy(module.trainer, module, out):  # gathered first when sharded; rank 0 writes
+            if cfg.callbacks.save_policy.latest:
+                point_latest(out.resolve(), Path(cfg.callbacks.save_policy.latest))
+            print(f"prpo=false: validated and saved the initial policy to {out}")
         return metrics.get(cfg.get("optimized_metric", ""))
     metrics = train(cfg)
     return metrics.get(cfg.get("optimized_metric", ""))

@@ -45,12 +45,18 @@ class EvalStream(IterableDataset):
         decoder: Turns raw samples into VideoQA, skipping corrupt ones.
         limit: Keep only the first N questions (global shard order; a skipped question counts).
         rank, world: This process's rank and the world size (fixed in the main process: a DataLoader
-            worker has no process group, see ``datamodule.WorkerSeed``).
+            worker has no process group).
         chunk: None: whole videos (or whole shards) per consumer, as validation reads them. N: the
             questions in shard order cut into chunks of N, chunk c to consumer c % consumers, so that
             the chunks are a single process's batches of N whatever the world size (``make eval`` under
             torchrun: the same batches give the same outputs). Every consumer then reads every shard
             (the bytes, cheap) and decodes only the videos it has a question of.
+        pad: Every (rank, worker) yields the same number of items: its questions, then ``None`` up to
+            the largest share (a question that fails to decode leaves a ``None`` too). Validation under
+            DDP needs it: each validation step passes DDP's forward, which broadcasts buffers, so every
+            rank must run the same number of steps whatever the split (a rank without a question would
+            otherwise wait in the epoch-end metric sync while the others wait in that broadcast). Every
+            consumer then reads every shard, which counts every share.
     """
 
     def __init__(
@@ -61,21 +67,28 @@ class EvalStream(IterableDataset):
         rank: int = 0,
         world: int = 1,
         chunk: int | None = None,
+        pad: bool = False,
     ) -> None:
         if chunk is not None and chunk < 1:
             raise ValueError(f"chunk must be >= 1 questions, got {chunk}")
         self.urls, self.decoder, self.limit, self.rank, self.world = urls, decoder, limit, rank, world
-        self.chunk = chunk
+        self.chunk, self.pad = chunk, pad
 
-    def __iter__(self) -> Iterator[VideoQA]:
+    def __iter__(self) -> Iterator[VideoQA | None]:
         worker, workers = _worker()
         consumers, me = self.world * workers, self.rank * workers + worker
-        if self.chunk is None and self.limit is None and len(self.urls) >= consumers:
+        if not self.pad and self.chunk is None and self.limit is None and len(self.urls) >= consumers:
             # = wds.split_by_node + wds.split_by_worker
             mine = self.urls[self.rank :: self.world][worker::workers]
             yield from self.decoder(iter_samples(mine, skips=self.decoder.skips))
             return
-        yield from (qa for _, qa in self._read_all(consumers, me))
+        shares = [0] * consumers if self.pad else None  # questions each consumer is given
+        served = 0
+        for _, qa in self._read_all(consumers, me, shares):
+            served += 1
+            yield qa
+        if shares is not None:
+            yield from [None] * (max(shares) - served)
 
     def positioned(self) -> Iterator[tuple[int, VideoQA]]:
         """``(index, question)`` of this consumer's share: ``index`` counts the questions of all shards in
@@ -87,7 +100,10 @@ class EvalStream(IterableDataset):
         """The consumer of question ``question`` (global index) of video ``video``."""
         return (question // self.chunk if self.chunk else video) % consumers
 
-    def _read_all(self, consumers: int, me: int) -> Iterator[tuple[int, VideoQA]]:
+    def _read_all(
+        self, consumers: int, me: int, shares: list[int] | None = None
+    ) -> Iterator[tuple[int, VideoQA]]:
+        """This consumer's questions with their indices; ``shares[c]`` counts consumer c's as they go."""
         skips = self.decoder.skips
         seen = 0  # questions before this video, in global shard order
         # every consumer reads every shard here: only consumer 0 records the shard-level skips, and a
@@ -104,6 +120,9 @@ class EvalStream(IterableDataset):
                     skips.add(sample.get("__key__"), sample.get("__url__"), f"ShardFormatError: {err}")
                 continue
             keep = n if self.limit is None else min(n, self.limit - seen)
+            if shares is not None:
+                for j in range(keep):
+                    shares[self._owner(v, seen + j, consumers)] += 1
             mine = {j for j in range(keep) if self._owner(v, seen + j, consumers) == me}
             if mine:
                 decoder = self.decoder if self._owner(v, seen, consumers) == me else quiet

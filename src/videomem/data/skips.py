@@ -4,16 +4,15 @@
 records a skipped item in: a video whose json or clips are bad, a truncated or unreadable tar (the rest of
 it is lost), a shard with no sample at all. Each record is ``{"key", "url", "reason"}`` (``key`` is the
 sample key, or None for a whole shard); ``count`` counts skip events, ``samples`` lists each distinct
-record once (the resampled training stream meets the same bad video again and again). A warning is logged
+record once (the training stream meets an undecodable video again every pass). A warning is logged
 the first time a record is seen in a process.
 
 `count` can live in shared memory (``shared=True``) so that DataLoader workers add to the number the
 main process reads (the trainer logs it); the list stays per process: with workers, the main process
 lists only what it read itself, and the workers' records are in the log.
 
-`StreamGuard` stops the endless resampled training stream with one clear `NoUsableDataError` when
-thousands of shard and sample reads in a row gave no question (every shard empty, truncated or
-undecodable) instead of spinning forever.
+`StreamGuard` stops the endless training stream with one clear `NoUsableDataError` when every video it
+reads in a row gives no question (every clip undecodable) instead of spinning forever.
 
 Deliberately not here: the schema checks (shards.py), decoding (video.py), stream layout (datamodule.py).
 """
@@ -120,11 +119,7 @@ class SkipLog:
 
 
 class StreamGuard:
-    """Raises `NoUsableDataError` after `limit` reads in a row (shards drawn + samples decoded) gave no question.
-
-    Put `tick` on the shard stream and on the raw sample stream, `reset` after the decoder: a stream with
-    any usable question resets the count long before the limit (the limit covers a shuffle buffer holding
-    good samples back, and rare good shards among many bad ones).
+    """Raises `NoUsableDataError` after `limit` reads in a row (videos read, or shards indexed) gave no question.
 
     Args:
         limit: Reads in a row without a question before giving up.
@@ -136,17 +131,11 @@ class StreamGuard:
         self.limit, self.what, self.skips = limit, what, skips
         self.reads = 0
 
-    def tick(self, items: Iterable) -> Iterator:
-        for item in items:
-            self.reads += 1
-            if self.reads > self.limit:
-                raise NoUsableDataError(self.message())
-            yield item
-
-    def reset(self, questions: Iterable) -> Iterator:
-        for qa in questions:
-            self.reads = 0
-            yield qa
+    def read(self, questions: int) -> None:
+        """Count one read that gave ``questions`` questions; raise when too many in a row gave none."""
+        self.reads = 0 if questions else self.reads + 1
+        if self.reads > self.limit:
+            raise NoUsableDataError(self.message())
 
     def message(self) -> str:
         first = ""
@@ -158,7 +147,7 @@ class StreamGuard:
                 f"first: {where}: {r['reason']})"
             )
         return _one_line(
-            f"no usable sample: {self.limit} shard and sample reads in a row gave no question from {self.what}"
+            f"no usable sample: {self.limit} reads in a row gave no question from {self.what}"
             f"{first}. Fix or remove the bad shards, or point the data at good ones",
             600,
         )

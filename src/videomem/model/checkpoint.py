@@ -24,12 +24,13 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from transformers import AutoTokenizer
+from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
 from videomem.model.liger import apply_liger_kernels, resolve_liger
 from videomem.model.policy import MODEL_CLASSES, POLICY_FILE, Policy
 from videomem.model.processor_files import IMAGE_FILE, VIDEO_FILE, processor_configs
 from videomem.model.tiny import EOS, PAD, build_tokenizer, tiny_config
+from videomem.model.weights import parameters_on_meta
 
 __all__ = ["MODEL_CLASSES", "POLICY_FILE", "FrameGeometry", "build_policy", "saved_geometry"]
 
@@ -158,20 +159,32 @@ def save_policy(
     (path / POLICY_FILE).write_text(json.dumps(meta, indent=2))
 
 
-def load_policy(cls: type[Policy], path: str | Path, dtype: torch.dtype | str | None = None) -> Policy:
+def load_policy(
+    cls: type[Policy], path: str | Path, dtype: torch.dtype | str | None = None, weights: bool = True
+) -> Policy:
     """``Policy.from_pretrained``: our save or a real Qwen2.5-VL / Qwen3-VL dir (``model_type`` picks).
 
     Args:
         cls: ``Policy`` (or a subclass) to build.
         path: Local directory (never downloads).
         dtype: Weights dtype; None keeps the checkpoint's.
+        weights: False: build the model from the checkpoint's config with its parameters on the meta
+            device and read no weight (``model/weights.py``: sharded training fills each rank's shards).
     """
     path = Path(path)
     arch = json.loads((path / "config.json").read_text()).get("model_type")
     if arch not in MODEL_CLASSES:
         raise ValueError(f"{path}: model_type {arch!r} is not one of {list(MODEL_CLASSES)}")
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
-    model = MODEL_CLASSES[arch].from_pretrained(path, dtype=dtype or "auto", local_files_only=True)
+    if weights:
+        model = MODEL_CLASSES[arch].from_pretrained(path, dtype=dtype or "auto", local_files_only=True)
+    else:
+        config = AutoConfig.from_pretrained(path, local_files_only=True)
+        with parameters_on_meta():
+            model = MODEL_CLASSES[arch]._from_config(config, dtype=dtype or config.dtype or torch.float32)
+        if (path / "generation_config.json").is_file():
+            model.generation_config = GenerationConfig.from_pretrained(path, local_files_only=True)
+        model.eval()
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     if tokenizer.chat_template is None:
         tokenizer.chat_template = _find_chat_template(path)
@@ -212,6 +225,7 @@ def build_policy(
     seed: int = 0,
     liger_kernels: bool | str = "auto",
     system_prompt: str | None = None,
+    weights: bool = True,
 ) -> Policy:
     """Factory for Lightning's ``configure_model`` (Hydra ``_partial_``).
 
@@ -226,6 +240,9 @@ def build_policy(
             patched into the built instance, and Liger's fused cross-entropy for SFT (``model/liger.py``).
         system_prompt: The step instruction this policy is trained and run with, saved with it (None:
             keep the checkpoint's, else the memory loop's default; "": no system turn).
+        weights: With ``path``, False leaves the parameters on the meta device, unread, and records
+            the dir in ``policy.weights_dir``: sharded training allocates each rank's shards and reads
+            only those (``train/parallel.py``). A tiny random model is always built whole.
     """
     torch_dtype = getattr(torch, dtype)
     if path is not None:
@@ -234,7 +251,8 @@ def build_policy(
                 f"model path {path!r} is not a local checkpoint directory (nothing is downloaded): point "
                 "model.path (or the environment variable the config reads) at a Qwen-VL checkpoint dir"
             )
-        policy = Policy.from_pretrained(path, dtype=torch_dtype)
+        policy = load_policy(Policy, path, dtype=torch_dtype, weights=weights)
+        policy.weights_dir = None if weights else Path(path)
         if policy.arch != arch:
             raise ValueError(f"checkpoint {path} is {policy.arch!r} but arch={arch!r} was requested")
         if system_prompt is not None:
@@ -253,6 +271,7 @@ def build_policy(
     model.generation_config.bos_token_id = None
     policy = Policy(model.to(torch_dtype).eval(), tokenizer, arch)
     policy.system_prompt = system_prompt
+    policy.weights_dir = None
     return _with_liger(policy, liger_kernels)
 
 

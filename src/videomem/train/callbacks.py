@@ -23,6 +23,27 @@ def point_latest(target: Path, link: Path) -> None:
     os.replace(tmp, link)
 
 
+def save_policy(trainer: Trainer, pl_module: LightningModule, path: Path) -> bool:
+    """Save ``pl_module.policy`` to ``path`` as a loadable checkpoint dir, with the frame geometry of the
+    trainer's datamodule. Every rank must call it: a sharded (FSDP) policy's full weights are gathered
+    first (a collective), then rank 0 writes them.
+
+    Returns:
+        True on the rank that wrote the directory.
+    """
+    state = None
+    if is_sharded(pl_module.policy):  # collective; the strategy's root (FSDP1 wraps the whole module)
+        full = full_state_dict(trainer.strategy.model)
+        state = {k.removeprefix("policy."): v for k, v in full.items() if k.startswith("policy.")}
+    if not trainer.is_global_zero:
+        return False
+    # the frame geometry and precision it was trained with, so `make eval` and `videomem answer` reuse them
+    data = getattr(trainer, "datamodule", None)
+    geometry = FrameGeometry.from_data(data, precision=trainer.precision) if data is not None else None
+    pl_module.policy.save_pretrained(path, state_dict=state, geometry=geometry)
+    return True
+
+
 class SavePolicy(Callback):
     """At the end of ``fit``, save the policy as a loadable checkpoint directory.
 
@@ -57,18 +78,7 @@ class SavePolicy(Callback):
         return self.dirpath.with_name(self.dirpath.name + "_best")
 
     def _save(self, trainer: Trainer, pl_module: LightningModule, path: Path) -> bool:
-        """Save the policy to ``path`` (every rank must call it: gathering sharded weights is collective)."""
-        state = None
-        if is_sharded(pl_module.policy):  # collective; the strategy's root (FSDP1 wraps the whole module)
-            full = full_state_dict(trainer.strategy.model)
-            state = {k.removeprefix("policy."): v for k, v in full.items() if k.startswith("policy.")}
-        if not trainer.is_global_zero:
-            return False
-        # the frame geometry and precision it was trained with, so `make eval` and `videomem answer` reuse them
-        data = getattr(trainer, "datamodule", None)
-        geometry = FrameGeometry.from_data(data, precision=trainer.precision) if data is not None else None
-        pl_module.policy.save_pretrained(path, state_dict=state, geometry=geometry)
-        return True
+        return save_policy(trainer, pl_module, path)
 
     def state_dict(self) -> dict:
         return {"best": self.best, "best_step": self.best_step}  # a resumed run keeps its best so far

@@ -31,13 +31,14 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
 from transformers import Qwen2_5_VLForConditionalGeneration, Qwen3VLForConditionalGeneration
 
 from videomem.model.policy import Policy
+from videomem.model.weights import load_weights
 
 
 def wrap_classes() -> set[type[nn.Module]]:
@@ -152,6 +153,46 @@ def gathered_for_generation(policy: nn.Module) -> Iterator[nn.Module]:
                 m.reshard()
 
 
+@contextlib.contextmanager
+def backward_sync(module, enabled: bool) -> Iterator[None]:
+    """Reduce gradients over ranks in the backward passes inside (``enabled``), or only accumulate them.
+
+    Micro-batches of one optimizer step reduce once, in the last backward: under DDP the others run in
+    ``no_sync``; under FSDP2 they run with ``set_requires_gradient_sync(False)``, which skips their
+    reduce-scatter and accumulates the unsharded gradients instead (in the reduce dtype, fp32: the size
+    of the fp32 weights on every rank until the step's last backward; docs/performance.md). A no-op for
+    a single process.
+
+    Args:
+        module: The LightningModule (its strategy's DDP wrapper, or its FSDP2-sharded ``policy``).
+        enabled: True for the step's last backward.
+    """
+    from torch.nn.parallel import DistributedDataParallel
+
+    wrapped = module.trainer.strategy.model if module._trainer is not None else None
+    if enabled:
+        yield
+    elif isinstance(wrapped, DistributedDataParallel):
+        with wrapped.no_sync():
+            yield
+    elif _fsdp2_modules(module.policy):
+        module.policy.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            module.policy.set_requires_gradient_sync(True)
+    else:
+        yield
+
+
+def reshard(policy: nn.Module) -> None:
+    """Free the gathered weights of an FSDP2 policy that ran a forward without a backward (the frozen
+    reference policy: FSDP2 keeps its root group gathered after forward, for a backward that never
+    comes). A no-op for an unsharded policy."""
+    for m in _fsdp2_modules(policy):
+        m.reshard()
+
+
 def full_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
     """Full (unsharded) state dict on CPU: collective on every rank for a sharded module.
 
@@ -165,13 +206,34 @@ def full_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
     return get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
-def maybe_shard(module, policy: Policy) -> Policy:
-    """``shard_policy`` when Lightning gave ``module`` a device mesh (ModelParallelStrategy), else as is.
+def sharded_policy(
+    policy: Policy, device_mesh, device: torch.device | str, *, param_dtype: torch.dtype | None = None
+) -> Policy:
+    """``shard_policy``; a policy built with its weights unread (``weights_dir``, parameters on the meta
+    device) then gets this rank's shards allocated on ``device`` and read from its checkpoint, and no
+    rank ever holds the whole model (``model/weights.py``)."""
+    buffers = {name: b.detach().clone() for name, b in policy.named_buffers()}  # real: rotary tables
+    shard_policy(policy, device_mesh, param_dtype=param_dtype)
+    if getattr(policy, "weights_dir", None) is not None:
+        policy.to_empty(device=device)  # each rank's shards only; FSDP2 keeps its sharded views
+        with torch.no_grad():
+            for name, b in policy.named_buffers():
+                b.copy_(buffers[name])  # to_empty left them uninitialised
+        load_weights(policy.model, policy.weights_dir)
+        policy.weights_dir = None
+    return policy
+
+
+def configure_policy(module, factory: Callable[..., Policy], **kwargs) -> Policy:
+    """The policy of a training module's ``configure_model``: ``factory(**kwargs)`` as is on one process
+    or under DDP; under ModelParallelStrategy (Lightning gave ``module`` a device mesh) sharded with
+    FSDP2, each rank reading only its shards of the checkpoint (``sharded_policy``).
 
     The gathered weights are bf16 under ``precision: bf16-mixed``; the shards keep the policy's dtype.
     """
     mesh = module.device_mesh
     if mesh is None:
-        return policy
+        return factory(**kwargs)
     param_dtype = torch.bfloat16 if str(module.trainer.precision) == "bf16-mixed" else None
-    return shard_policy(policy, mesh, param_dtype=param_dtype)
+    device = module.trainer.strategy.root_device
+    return sharded_policy(factory(**kwargs, weights=False), mesh, device, param_dtype=param_dtype)

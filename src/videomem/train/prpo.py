@@ -8,7 +8,9 @@ One training step = one batch of questions:
      response-token count of the GLOBAL batch; ``manual_backward``, ``clip_gradients``, ``step``.
 Samples with zero advantage add nothing to the loss or gradient when there is no KL term, so they
 are skipped in the update (their tokens still count in the normaliser). Under DDP every rank runs
-the same number of micro-batches (padding with zero-weight ones), so gradient syncs line up.
+the same number of micro-batches (padding with zero-weight ones), and gradients are reduced over ranks
+once per optimizer step, in the last micro-batch's backward. The logged metrics are those of every
+rank's samples (``train/rank_metrics.py``).
 Under ModelParallelStrategy the policy (and the reference policy) is sharded with FSDP2 in
 ``configure_model``; the rollout runs with the weights gathered (``gathered_for_generation``), so
 ranks that decode different numbers of tokens never wait on each other's all-gathers.
@@ -30,7 +32,14 @@ from videomem.memory.loop import GenerationConfig
 from videomem.rl.loss import chunked_token_logprobs, fused_grpo_loss, naive_grpo_loss, token_logprobs
 from videomem.rl.rewards import RewardConfig
 from videomem.rl.rollout import RolloutConfig, RolloutSample, prpo_rollout
-from videomem.train.parallel import gathered_for_generation, maybe_shard
+from videomem.train.parallel import (
+    backward_sync,
+    configure_policy,
+    gathered_for_generation,
+    is_sharded,
+    reshard,
+)
+from videomem.train.rank_metrics import prpo_step_metrics
 from videomem.train.resume import gather_per_rank, this_rank
 from videomem.train.validation import LoopValidation
 
@@ -94,7 +103,6 @@ class PRPOModule(LightningModule):
         self.automatic_optimization = False
         self.policy_factory = policy
         self.policy = None
-        self.ref_policy = None
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.rollout_cfg = RolloutConfig(**(rollout or {}))
@@ -113,16 +121,33 @@ class PRPOModule(LightningModule):
         self.log_trees = log_trees
         self._generator: torch.Generator | None = None
 
-    def build_policy(self):
-        if self.cold_start and self.init_from:
-            return self.policy_factory(path=self.init_from)
-        return self.policy_factory()
+    def _policy_source(self) -> dict:
+        """The factory's arguments: the SFT checkpoint (``cold_start``), or the model as configured."""
+        return {"path": self.init_from} if self.cold_start and self.init_from else {}
+
+    @property
+    def ref_policy(self) -> nn.Module | None:
+        """The frozen KL reference (``kl_coef > 0``), built from ``init_from`` like the policy.
+
+        Deliberately not a registered submodule: its weights stay out of ``state_dict`` and so out of
+        every Lightning checkpoint (a resumed run rebuilds it from ``init_from``, which never changes),
+        DDP neither wraps nor broadcasts it, and ``train()`` never switches it out of eval mode.
+        """
+        return self.__dict__.get("_ref_policy")
 
     def configure_model(self) -> None:
         if self.policy is None:
-            self.policy = maybe_shard(self, self.build_policy().train())
+            self.policy = configure_policy(self, self.policy_factory, **self._policy_source()).train()
         if self.kl_coef and self.ref_policy is None:
-            self.ref_policy = maybe_shard(self, self.build_policy().eval().requires_grad_(False))
+            ref = configure_policy(self, self.policy_factory, **self._policy_source())
+            ref = ref.eval().requires_grad_(False)
+            self.__dict__["_ref_policy"] = ref
+
+    def on_fit_start(self) -> None:
+        # the strategy moved the registered modules to the device; the reference is not one of them
+        # (a sharded one already lives on its mesh's device)
+        if self.ref_policy is not None and not is_sharded(self.ref_policy):
+            self.ref_policy.to(self.device)
 
     # ---- rollout -------------------------------------------------------------------------------
     def rollout(self, batch: list[VideoQA]):
@@ -195,8 +220,12 @@ class PRPOModule(LightningModule):
         ref = None
         if self.kl_coef:
             with torch.no_grad():
+                # the forward first: under FSDP2 it gathers the root group, and only then is
+                # lm_head_weight the full [V, H] tensor (read before, it is this rank's DTensor shard)
+                h_ref = ref_hidden()  # [B, L-1, H]
                 w, t = self.ref_policy.lm_head_weight, self.rollout_cfg.temperature
-                ref = chunked_token_logprobs(ref_hidden(), w, targets, t)  # [B, L-1], no [B, L, V] fp32
+                ref = chunked_token_logprobs(h_ref, w, targets, t)  # [B, L-1], no [B, L, V] fp32
+                reshard(self.ref_policy)  # no backward reshards the frozen root: free its gathered weights
         stats_extra = {}
         if keep_logprobs:
             with torch.no_grad():  # row by row: no [B, L, V] logits for the whole micro-batch
@@ -275,10 +304,13 @@ class PRPOModule(LightningModule):
                 )
                 if "logprobs" in stats:
                     old[c] = stats.pop("logprobs")
-                self.manual_backward(loss)
+                # gradients reduced over ranks once per optimizer step: in the last micro-batch's backward
+                with backward_sync(self, enabled=c == n_chunks - 1):
+                    self.manual_backward(loss)
                 loss_sum += float(loss.detach()) / world
-                clip_sum += float(stats["clip_fraction"]) * len(micro)
-                kl_sum += float(stats.get("kl", torch.tensor(0.0))) * len(micro)
+                if real:  # padding micro-batches count in no statistic
+                    clip_sum += float(stats["clip_fraction"]) * len(micro)
+                    kl_sum += float(stats.get("kl", torch.tensor(0.0))) * len(micro)
             self.clip_gradients(opt, gradient_clip_val=1.0, gradient_clip_algorithm="norm")
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -286,27 +318,20 @@ class PRPOModule(LightningModule):
             sched.step()
         t_update = time.perf_counter() - t1
 
-        n_upd = max(1, sum(len(c) for c in chunks) * self.epochs)
-        metrics = {f"rollout/{k}": v for k, v in rollout.stats.items()}
-        metrics.update(
-            {
-                "train/loss": loss_sum,
-                "train/clip_fraction": clip_sum / n_upd,
-                "train/kl": kl_sum / n_upd,
-                "train/update_samples": float(sum(len(c) for c in chunks)),
-                "train/response_tokens": num_tokens,
-                "time/rollout_s": t_rollout,
-                "time/update_s": t_update,
-            }
+        n_upd = float(sum(len(c) for c in chunks))
+        metrics = prpo_step_metrics(  # the whole batch over all ranks: sums and counts, not rank 0's share
+            rollout,
+            sums={"train/loss": loss_sum, "train/update_samples": n_upd},
+            means={
+                "train/clip_fraction": (clip_sum, n_upd * self.epochs),
+                "train/kl": (kl_sum, n_upd * self.epochs),
+            },
+            maxes={"time/rollout_s": t_rollout, "time/update_s": t_update},
+            device=self.device,
         )
+        metrics["train/response_tokens"] = num_tokens  # already the global count
         self.log_dict(metrics, batch_size=len(batch))
-        self.log(
-            "reward",
-            rollout.stats.get("reward/total", 0.0),
-            prog_bar=True,
-            batch_size=len(batch),
-            logger=False,
-        )
+        self.log("reward", metrics.get("rollout/reward/total", 0.0), prog_bar=True, logger=False)
         if self.log_trees and batch_idx % self.log_trees == 0:
             experiment = getattr(self.logger, "experiment", None)
             if hasattr(experiment, "add_text"):

@@ -25,7 +25,8 @@ from videomem.data.types import VideoQA
 from videomem.memory.loop import GenerationConfig, step_messages
 from videomem.memory.prompt import format_target
 from videomem.model.policy import Policy, PolicyInputs
-from videomem.train.parallel import maybe_shard
+from videomem.train.parallel import configure_policy
+from videomem.train.rank_metrics import reduce_over_ranks
 from videomem.train.resume import gather_per_rank, this_rank
 from videomem.train.validation import LoopValidation
 
@@ -110,7 +111,7 @@ class SFTModule(LightningModule):
 
     def configure_model(self) -> None:
         if self.policy is None:
-            self.policy = maybe_shard(self, self.policy_factory().train())
+            self.policy = configure_policy(self, self.policy_factory).train()
 
     def training_step(self, batch: list[VideoQA], batch_idx: int) -> torch.Tensor:
         system = self.policy.system_prompt
@@ -118,12 +119,18 @@ class SFTModule(LightningModule):
         messages, videos, targets = map(list, zip(*steps))
         inputs = self.policy.build_inputs(messages, videos, completions=targets).to(self.device)
         loss = sft_loss(self.policy, inputs)
-        n_target = (inputs.labels != -100).sum()
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(steps))
-        self.log("train/target_tokens", n_target.float(), batch_size=len(steps))
-        self.log(
-            "train/prompt_tokens", inputs.attention_mask.sum().float() / len(steps), batch_size=len(steps)
+        n_target = float((inputs.labels != -100).sum())
+        n_tokens = float(inputs.attention_mask.sum())
+        metrics = reduce_over_ranks(  # over every rank's batch: token-weighted, not a mean of rank means
+            sums={"train/target_tokens": n_target},
+            means={
+                "train/loss": (float(loss.detach()) * n_target, n_target),
+                "train/prompt_tokens": (n_tokens, float(len(steps))),
+            },
+            device=self.device,
         )
+        self.log("train/loss", metrics.pop("train/loss"), prog_bar=True, batch_size=len(steps))
+        self.log_dict(metrics, batch_size=len(steps))
         return loss
 
     def on_validation_epoch_start(self) -> None:

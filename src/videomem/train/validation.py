@@ -4,7 +4,9 @@ Runs ``run_memory_loop`` greedy on validation questions, accumulates ``MemoryQAM
 ``val/accuracy``, ``val/seg_accuracy/clip_t``, per-category accuracy, format and parse rates, memory
 length, plus a few questions' memory chains as TensorBoard text. With a sharded (FSDP2) policy the
 weights are gathered once at epoch start and resharded at epoch end (``gathered_for_generation``):
-ranks may hold different numbers of validation questions, so nothing may all-gather per step.
+ranks may hold different numbers of validation questions, so nothing may all-gather per step. Every
+rank runs the same number of validation steps all the same (the datamodule pads each rank's share
+with ``None``, skipped here), because under DDP each step passes the wrapper's forward, a collective.
 """
 
 from __future__ import annotations
@@ -51,7 +53,10 @@ class LoopValidation:
         self._gathered.close()
         self._gathered.enter_context(gathered_for_generation(module.policy))
 
-    def step(self, module: LightningModule, batch: list[VideoQA]) -> None:
+    def step(self, module: LightningModule, batch: list[VideoQA | None]) -> None:
+        batch = [qa for qa in batch if qa is not None]  # None: padding, so all ranks run as many steps
+        if not batch:
+            return
         results = run_memory_loop(module.policy, batch, self.gen)
         if self.metrics is None:
             self.metrics = MemoryQAMetrics(num_clips=max(qa.num_clips for qa in batch)).to(module.device)
