@@ -39,6 +39,8 @@ class PolicyInputs:
         video_grid_thw: ``[B, 3]`` (t, h, w) patch grid of each row's video.
         second_per_grid_ts: ``[B]`` seconds per temporal grid step of each video (Qwen2.5-VL positions).
         labels: ``[B, L]`` -100 except completion tokens (training only).
+        sources: The clip object each row was built from (rows given the same object show the same
+            clip and share one vision encode, ``model/features.py``); empty when unknown.
     """
 
     input_ids: Tensor
@@ -48,21 +50,22 @@ class PolicyInputs:
     video_grid_thw: Tensor
     second_per_grid_ts: Tensor
     labels: Tensor | None = None
+    sources: tuple = ()
 
     def to(self, device: torch.device | str) -> PolicyInputs:
         """The same batch on ``device``."""
         return PolicyInputs(**{f.name: _to(getattr(self, f.name), device) for f in fields(self)})
 
     def model_kwargs(self) -> dict:
-        """Keyword arguments of the HF model's forward (labels excluded).
+        """Keyword arguments of the HF model's forward (labels and sources excluded).
 
         Qwen3-VL's forward ignores ``second_per_grid_ts`` but HF ``generate`` rejects it: drop it there.
         """
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "labels"}
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("labels", "sources")}
 
 
-def _to(value: Tensor | None, device: torch.device | str) -> Tensor | None:
-    return None if value is None else value.to(device)
+def _to(value, device: torch.device | str):
+    return value.to(device) if isinstance(value, Tensor) else value
 
 
 def encode(policy: Policy, text: str) -> list[int]:
@@ -158,4 +161,5 @@ def build_inputs(
         video_grid_thw=torch.stack(grids),  # [B, 3]
         second_per_grid_ts=torch.tensor([policy.temporal_patch_size / f for f in fps]),  # [B]
         labels=labels,
+        sources=tuple(videos),
     )
