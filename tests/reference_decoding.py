@@ -7,18 +7,25 @@ as the decode cache; ``tests/test_model_decode_engine.py`` checks the engine giv
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from transformers import AttentionInterface, DynamicCache, PretrainedConfig
+from transformers import AttentionInterface, DynamicCache, PretrainedConfig, Qwen3VLForConditionalGeneration
 from transformers.cache_utils import Cache, DynamicLayer
 
 from videomem.model.generation import strip_stop
 
 GROUPED_DECODE_ATTENTION = "videomem_reference_grouped_decode"
+# transformers renamed the forward's `past_key_values` to `cache` (5.24; the old name goes in 5.40)
+_CACHE_ARG = (
+    "cache"
+    if "cache" in inspect.signature(Qwen3VLForConditionalGeneration.forward).parameters
+    else "past_key_values"
+)
 
 
 class _SharedPrefixLayer(DynamicLayer):
@@ -206,7 +213,7 @@ def reference_generate(
     out = model(
         **policy._hf_kwargs(inputs),
         position_ids=positions,
-        past_key_values=DynamicCache(config=model.config),
+        **{_CACHE_ARG: DynamicCache(config=model.config)},
         use_cache=True,
         logits_to_keep=1,
     )
@@ -214,7 +221,7 @@ def reference_generate(
     heads_per_kv = text_config.num_attention_heads // text_config.num_key_value_heads
     # Each row's prompt KV once (not G copies); its samples' tokens are appended after it.
     cache = SharedPrefixCache(
-        out.past_key_values, inputs.attention_mask, num_samples, max_new_tokens, heads_per_kv
+        getattr(out, _CACHE_ARG), inputs.attention_mask, num_samples, max_new_tokens, heads_per_kv
     )
     logits = out.logits[:, -1].repeat_interleave(num_samples, dim=0)  # [B*G, V]
     del out
@@ -239,7 +246,7 @@ def reference_generate(
                 input_ids=token[:, None],  # [B*G, 1]
                 attention_mask=cache.next_mask(),  # [B, 1, G*r, L+G*(step+1)]
                 position_ids=(next_pos + step).unsqueeze(0).expand(3, -1, -1),  # [3, B*G, 1]
-                past_key_values=cache,
+                **{_CACHE_ARG: cache},
                 use_cache=True,
             )
             logits = out.logits[:, -1]  # [B*G, V]

@@ -230,6 +230,7 @@ def build_policy(
     liger_kernels: bool | str = "auto",
     system_prompt: str | None = None,
     weights: bool = True,
+    compile_decode: bool = False,
 ) -> Policy:
     """Factory for Lightning's ``configure_model`` (Hydra ``_partial_``).
 
@@ -247,6 +248,8 @@ def build_policy(
         weights: With ``path``, False leaves the parameters on the meta device, unread, and records
             the dir in ``policy.weights_dir``: sharded training allocates each rank's shards and reads
             only those (``train/parallel.py``). A tiny random model is always built whole.
+        compile_decode: Decode steps through ``torch.compile`` with a static layout (for CUDA; finished
+            samples then stay in the batch, ``model/generation.py``).
     """
     torch_dtype = getattr(torch, dtype)
     if path is not None:
@@ -261,6 +264,7 @@ def build_policy(
             raise ValueError(f"checkpoint {path} is {policy.arch!r} but arch={arch!r} was requested")
         if system_prompt is not None:
             policy.system_prompt = system_prompt
+        policy.compile_decode = compile_decode
         return _with_liger(policy, liger_kernels)
     tokenizer = build_tokenizer((tiny or {}).get("vocab_size", 768))
     config = tiny_config(arch, tokenizer, tiny)
@@ -276,6 +280,7 @@ def build_policy(
     policy = Policy(model.to(torch_dtype).eval(), tokenizer, arch)
     policy.system_prompt = system_prompt
     policy.weights_dir = None
+    policy.compile_decode = compile_decode
     return _with_liger(policy, liger_kernels)
 
 
