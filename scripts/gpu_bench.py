@@ -245,7 +245,12 @@ def main(argv: list[str] | None = None) -> int:
         from width_bench import measure
 
         widths = argparse.Namespace(
-            layers=2, device="cuda", new_tokens=args.new_tokens, completion_tokens=[256, 1280], shared_rows=8
+            layers=2,
+            device="cuda",
+            new_tokens=args.new_tokens,
+            completion_tokens=[256, 1280],
+            shared_rows=8,
+            update_only=False,
         )
         result["width_8b"] = measure(widths)
     print(json.dumps(result, indent=1))

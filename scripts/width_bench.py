@@ -158,44 +158,47 @@ def measure(args) -> dict:
     def cut():
         return frames_to_patches(frames, **geometry, mean=policy.image_mean, std=policy.image_std)
 
-    result["patches"] = _best(meter, cut, 3)
-    patches, grid = cut()
-    with torch.inference_mode():
-        encode = lambda: policy.model.model.get_video_features(patches.to(device), grid[None].to(device))  # noqa: E731
-        result["vision"] = _best(meter, encode, 1) | {"patches": int(patches.shape[0])}
+    if not args.update_only:
+        result["patches"] = _best(meter, cut, 3)
+        patches, grid = cut()
+        with torch.inference_mode():
+            encode = lambda: policy.model.model.get_video_features(patches.to(device), grid[None].to(device))  # noqa: E731
+            result["vision"] = _best(meter, encode, 1) | {"patches": int(patches.shape[0])}
 
-    inputs = policy.build_inputs(messages, [frames, frames.clone()]).to(device)  # 2 distinct clips
-    result["prompt_tokens"] = int(inputs.input_ids.shape[1])
-    result["prefill"] = _best(meter, lambda: policy.generate(inputs, max_new_tokens=1), 1)
+        inputs = policy.build_inputs(messages, [frames, frames.clone()]).to(device)  # 2 distinct clips
+        result["prompt_tokens"] = int(inputs.input_ids.shape[1])
+        result["prefill"] = _best(meter, lambda: policy.generate(inputs, max_new_tokens=1), 1)
 
-    n = args.new_tokens
-    lengths = [max(1, round(n * (g + 1) / G)) for g in range(G)] * 2  # per group: n/8, 2n/8, ..., n
-    hook = ForcedLengths(policy, lengths)
-    try:
-        stats = getattr(policy, "decode_stats", None)
-        before = (stats.row_steps, stats.row_steps_saved) if stats else None
-        seconds, peak, out = meter(lambda: policy.generate(inputs, num_samples=G, max_new_tokens=n))
-    finally:
-        hook.handle.remove()
-    assert sorted(len(s) for row in out for s in row) == sorted(min(x, n) for x in lengths), "forced lengths"
-    decode = {
-        "seconds": seconds - result["prefill"]["seconds"],
-        "cpu_seconds": meter.cpu_seconds - result["prefill"]["cpu_seconds"],
-        "peak_mib": peak,
-        "new_tokens": n,
-    }
-    decode["row_steps_all_rows"] = 2 * G * (n - 1)
-    if before:
-        decode["row_steps"] = stats.row_steps - before[0]
-        decode["row_steps_saved"] = stats.row_steps_saved - before[1]
-    result["decode"] = decode
+        n = args.new_tokens
+        lengths = [max(1, round(n * (g + 1) / G)) for g in range(G)] * 2  # per group: n/8, 2n/8, ..., n
+        hook = ForcedLengths(policy, lengths)
+        try:
+            stats = getattr(policy, "decode_stats", None)
+            before = (stats.row_steps, stats.row_steps_saved) if stats else None
+            seconds, peak, out = meter(lambda: policy.generate(inputs, num_samples=G, max_new_tokens=n))
+        finally:
+            hook.handle.remove()
+        assert sorted(len(s) for row in out for s in row) == sorted(min(x, n) for x in lengths), (
+            "forced lengths"
+        )
+        decode = {
+            "seconds": seconds - result["prefill"]["seconds"],
+            "cpu_seconds": meter.cpu_seconds - result["prefill"]["cpu_seconds"],
+            "peak_mib": peak,
+            "new_tokens": n,
+        }
+        decode["row_steps_all_rows"] = 2 * G * (n - 1)
+        if before:
+            decode["row_steps"] = stats.row_steps - before[0]
+            decode["row_steps_saved"] = stats.row_steps_saved - before[1]
+        result["decode"] = decode
 
-    chains, _ = clip_and_messages(policy, args.shared_rows)
-    shared = policy.build_inputs(chains, [frames] * args.shared_rows).to(device)  # one clip object
-    encodes_before = policy.decode_stats.vision_encodes if hasattr(policy, "decode_stats") else None
-    result["shared_clip"] = _best(meter, lambda: policy.generate(shared, max_new_tokens=1), 1)
-    if encodes_before is not None:
-        result["shared_clip"]["vision_encodes"] = policy.decode_stats.vision_encodes - encodes_before
+        chains, _ = clip_and_messages(policy, args.shared_rows)
+        shared = policy.build_inputs(chains, [frames] * args.shared_rows).to(device)  # one clip object
+        encodes_before = policy.decode_stats.vision_encodes if hasattr(policy, "decode_stats") else None
+        result["shared_clip"] = _best(meter, lambda: policy.generate(shared, max_new_tokens=1), 1)
+        if encodes_before is not None:
+            result["shared_clip"]["vision_encodes"] = policy.decode_stats.vision_encodes - encodes_before
 
     policy.train()
     for p in (policy.model.get_input_embeddings().weight, policy.lm_head_weight):
@@ -210,7 +213,7 @@ def measure(args) -> dict:
             (hidden.float().pow(2).sum(-1) * mask).sum().backward()
             policy.zero_grad(set_to_none=True)
 
-        width = result["prompt_tokens"] + G * c  # the prompt (about) and the packed completions
+        width = policy.build_inputs(messages[:1], [frames]).input_ids.shape[1] + G * c  # prompt + completions
         seconds, peak, _ = meter(step)
         result["update"].append(
             {
@@ -245,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--completion-tokens", type=int, nargs="+", default=[64, 256], help="update: n per completion"
     )
+    parser.add_argument("--update-only", action="store_true", help="measure the update only")
     parser.add_argument("--out", help="write the figures as JSON")
     args = parser.parse_args(argv)
     result = measure(args)

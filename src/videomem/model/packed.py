@@ -14,8 +14,12 @@ row and text layer:
   which is the largest mask this update ever holds.
 
 Padding positions get zero attention output (no real token reads them). The result equals the dense
-4-D-mask forward to float tolerance (tests/test_prpo_update.py). The key/value heads are repeated to
-the query heads first (the fused kernels that take a causal bias want equal head counts).
+4-D-mask forward to float tolerance (tests/test_prpo_update.py). Each completion's call holds a copy
+of the prompt's keys and values (``[prompt, own]`` must be contiguous for the kernels), kept for the
+backward pass: ``G * L_p`` key/value rows per layer, which activation checkpointing (the FSDP2
+recipe) limits to the layer being recomputed. On CUDA the key/value heads are first repeated to the
+query heads (flash takes the lower-right causal bias with equal head counts only); elsewhere SDPA's
+grouped-query attention reads them as they are.
 
 It deliberately builds no tensors of the model inputs: ``Policy.group_hidden_states`` does.
 """
@@ -59,28 +63,33 @@ class PackedLayout:
         """
         scale = kwargs.get("scaling")
         batch, heads, width, _ = query.shape
-        repeat = heads // key.shape[1]
-        key = key.repeat_interleave(repeat, dim=1)  # [B, H, W, D]
-        value = value.repeat_interleave(repeat, dim=1)
+        gqa = query.device.type != "cuda"
+        if not gqa:  # CUDA's flash kernel takes the lower-right causal bias with equal head counts only
+            repeat = heads // key.shape[1]
+            key, value = key.repeat_interleave(repeat, dim=1), value.repeat_interleave(repeat, dim=1)
         rows = []
         for b in range(batch):
             start, end = self.prompt_starts[b], self.prompt_end
-            k_prompt, v_prompt = key[b : b + 1, :, start:end], value[b : b + 1, :, start:end]  # [1, H, Lp, D]
-            pieces = [value.new_zeros(1, heads, start, value.shape[-1])]  # left padding
-            pieces.append(
-                sdpa(query[b : b + 1, :, start:end], k_prompt, v_prompt, is_causal=True, scale=scale)
-            )
+            k_prompt, v_prompt = (
+                key[b : b + 1, :, start:end],
+                value[b : b + 1, :, start:end],
+            )  # [1, H_kv, Lp, D]
+            pieces = [query.new_zeros(1, heads, start, value.shape[-1])]  # left padding
+            q_prompt = query[b : b + 1, :, start:end]
+            pieces.append(sdpa(q_prompt, k_prompt, v_prompt, is_causal=True, scale=scale, enable_gqa=gqa))
             at = end
             for c_start, n in self.completions[b]:
                 if c_start != at:
                     raise ValueError("packed completions must follow the prompt and each other")
-                k = torch.cat([k_prompt, key[b : b + 1, :, c_start : c_start + n]], dim=2)  # [1, H, Lp+n, D]
+                k = torch.cat(
+                    [k_prompt, key[b : b + 1, :, c_start : c_start + n]], dim=2
+                )  # [1, H_kv, Lp+n, D]
                 v = torch.cat([v_prompt, value[b : b + 1, :, c_start : c_start + n]], dim=2)
                 bias = causal_lower_right(n, k.shape[2])  # query i: the prompt and own keys <= i
                 q = query[b : b + 1, :, c_start : c_start + n]
-                pieces.append(sdpa(q, k, v, attn_mask=bias, scale=scale))
+                pieces.append(sdpa(q, k, v, attn_mask=bias, scale=scale, enable_gqa=gqa))
                 at += n
-            pieces.append(value.new_zeros(1, heads, width - at, value.shape[-1]))  # right padding
+            pieces.append(query.new_zeros(1, heads, width - at, value.shape[-1]))  # right padding
             rows.append(torch.cat(pieces, dim=2))  # [1, H, W, Dv]
         return torch.cat(rows).transpose(1, 2).contiguous(), None  # [B, W, H, Dv]
 
