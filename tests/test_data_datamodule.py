@@ -279,7 +279,6 @@ def test_transform_prepares_the_clips_in_the_workers_once_per_video(shards):
         num_workers=1,
         frames_per_clip=2,
         frame_size=[32, 32],
-        shuffle_buffer=4,
         epoch_length=6,
         transform=_Tagged(),
     )
