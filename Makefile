@@ -12,8 +12,9 @@ STAMP := $(VENV)/.installed
 # It is read once, when .venv is created (rm -rf .venv to switch).
 TORCH_INDEX ?=
 # Every version in ONE place: this block (pyproject.toml only states floors). A fresh install next
-# month builds the same thing (transformers announces that 5.40 removes the `past_key_values`
-# argument the decoder passes).
+# month builds the same thing. The decode engine uses no transformers cache class or private
+# attribute (tested with transformers 5.22.2, 5.24.0 and 5.25.0), so this pin can follow releases;
+# liger-kernel 0.8.5's Qwen-VL model patchers need transformers <= 5.22 (docs/performance.md).
 TORCH_VERSION := 2.13.0
 PKGS := torch==$(TORCH_VERSION) lightning==2.6.6 transformers==5.24.0 tokenizers==0.23.3 torchmetrics==1.9.0 \
 	hydra-core==1.3.8 omegaconf==2.3.1 webdataset==1.0.2 decord==0.6.0 av==18.1.0 tensorboard==2.21.0 \

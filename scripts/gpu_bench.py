@@ -11,6 +11,11 @@ step split into rollout (shared-prefill sampling of ``--new-tokens`` tokens; ran
 early, so every sample has that length) and update (fused GRPO loss, micro-batches of 4, every sample
 given advantage +-1 so the update is never empty).
 
+The engine's pieces at Qwen3-VL-8B's widths with two layers (``scripts/width_bench.py``, the same
+code the CPU figures of docs/performance.md come from): vision per clip, prefill, decode with finished
+samples leaving the batch, a clip shared by 8 prompt rows, the packed update at 256 and 1,280 tokens per
+completion; under ``"width_8b"`` in the JSON.
+
 Without CUDA (and without ``--smoke``) it says that nothing was measured and exits 0. Nothing here is
 a unit test; ``tests/perf/test_bench_gpu.py`` runs it on a GPU and ``tests/test_scale_bench.py`` runs
 ``--smoke``.
@@ -24,6 +29,7 @@ import statistics
 import sys
 import time
 from functools import partial
+from pathlib import Path
 
 import torch
 
@@ -232,6 +238,21 @@ def main(argv: list[str] | None = None) -> int:
         bench_prpo(policy, qa, device, psp, questions, group, new_tokens, max(1, steps // 2))
         for psp in (True, False)
     ]
+    del policy
+    if device == "cuda":
+        torch.cuda.empty_cache()
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from width_bench import measure
+
+        widths = argparse.Namespace(
+            layers=2,
+            device="cuda",
+            new_tokens=args.new_tokens,
+            completion_tokens=[256, 1280],
+            shared_rows=8,
+            update_only=False,
+        )
+        result["width_8b"] = measure(widths)
     print(json.dumps(result, indent=1))
     if args.out:
         with open(args.out, "w") as f:

@@ -265,3 +265,37 @@ def test_corrupt_video_is_skipped_and_counted(shards, tmp_path, caplog):
     qids = _qids(dm.val_dataloader())
     assert len(qids) == 6 and not any("000001" in q for q in qids)
     assert dm.skipped == 1 and "skipping video" in caplog.text
+
+
+def test_transform_prepares_the_clips_in_the_workers_once_per_video(shards):
+    """``transform`` (the model's frames -> patches, here a stand-in) runs in the worker process, once
+    per clip of a video: the questions of one video share the prepared clips as they shared frames."""
+    import os
+
+    dm = VideoQADataModule(
+        train_shards=str(shards / "train"),
+        val_shards=str(shards / "val"),
+        batch_size=3,
+        num_workers=1,
+        frames_per_clip=2,
+        frame_size=[32, 32],
+        epoch_length=6,
+        transform=_Tagged(),
+    )
+    for loader in (dm.train_dataloader(), dm.val_dataloader()):
+        questions = [qa for batch in loader for qa in batch]
+        clips = [c for qa in questions for c in qa.clips]
+        assert clips and all(isinstance(c, dict) and c["pid"] != os.getpid() for c in clips)
+        by_video: dict[str, set[int]] = {}
+        for qa in questions:
+            by_video.setdefault(qa.video_id, set()).update(id(c) for c in qa.clips)
+        assert all(len(ids) == 2 for ids in by_video.values())  # 2 clips, shared by the video's questions
+
+
+class _Tagged:
+    """A picklable transform that records where it ran."""
+
+    def __call__(self, frames: torch.Tensor) -> dict:
+        import os
+
+        return {"pid": os.getpid(), "shape": tuple(frames.shape)}

@@ -155,14 +155,15 @@ def test_tiny_top_p_is_greedy(policy):
 
 
 def test_each_sequence_stops_at_im_end_and_strips_it(policy):
-    """Force <|im_end|> for row 0 from the 3rd token on; row 1 runs to the budget."""
+    """Force <|im_end|> for row 0 from the 3rd token on; row 1 runs to the budget. The finished samples
+    then leave the batch: the later forwards run row 1's two samples only."""
     inputs = prompts(policy)
     im_end = policy.tokenizer.convert_tokens_to_ids("<|im_end|>")
-    calls = []
+    rows = []
 
     def force(module, args, out):
-        calls.append(1)
-        if len(calls) >= 3:  # prefill is call 1: tokens 1 and 2 are free
+        rows.append(out.shape[0])
+        if len(rows) >= 3 and out.shape[0] == 4:  # prefill is call 1: tokens 1 and 2 are free
             out[:2, -1, im_end] = 1e4  # rows 0..1 of B*G = both samples of prompt 0
         return out
 
@@ -174,6 +175,7 @@ def test_each_sequence_stops_at_im_end_and_strips_it(policy):
     free = policy.generate(inputs, num_samples=1, max_new_tokens=7)
     assert out[0] == [free[0][0][:2]] * 2
     assert out[1] == [free[1][0]] * 2 and len(free[1][0]) == 7
+    assert rows == [2, 4, 4, 2, 2, 2, 2]  # prefill (one row per prompt), then B*G until row 0 ends
 
 
 def test_sample_next_top_p_keeps_the_nucleus():

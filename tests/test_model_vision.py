@@ -88,3 +88,36 @@ def test_non_uint8_raises():
         frames_to_patches(
             torch.zeros(2, 28, 28, 3), patch_size=14, temporal_patch_size=2, merge_size=2, mean=HALF, std=HALF
         )
+
+
+@pytest.mark.parametrize("arch", ["qwen2_5_vl", "qwen3_vl"])
+def test_patches_cut_in_the_loader_give_the_same_batch(arch, tmp_path):
+    """``frame_patcher`` reads the geometry from the model config (tiny overrides or a saved dir) and
+    ``build_inputs`` takes its ``ClipPatches`` in place of the frames: the same batch either way; a
+    clip cut for another geometry is refused with one line."""
+    from videomem.model.checkpoint import frame_patcher
+    from videomem.model.policy import build_policy
+
+    tiny = {"hidden_size": 64, "vision_patch_size": 8}
+    policy = build_policy(arch, tiny=tiny)
+    patcher = frame_patcher(arch, tiny=tiny)
+    policy.save_pretrained(tmp_path)
+    assert frame_patcher(arch, path=str(tmp_path)) == patcher
+    m = policy.patch_multiple
+    g = torch.Generator().manual_seed(0)
+    frames = [torch.randint(0, 256, (3, m, 2 * m, 3), dtype=torch.uint8, generator=g) for _ in range(2)]
+    messages = [[{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "Q"}]}]] * 2
+    plain = policy.build_inputs(messages, frames, completions=["a", "b c"])
+    cut = policy.build_inputs(messages, [patcher(f) for f in frames], completions=["a", "b c"])
+    for name in (
+        "input_ids",
+        "attention_mask",
+        "mm_token_type_ids",
+        "pixel_values_videos",
+        "video_grid_thw",
+        "labels",
+    ):
+        assert torch.equal(getattr(plain, name), getattr(cut, name)), name
+    other = frame_patcher(arch, tiny={"vision_patch_size": 4})
+    with pytest.raises(ValueError, match="build data.transform from the policy's own model config"):
+        policy.build_inputs(messages[:1], [other(frames[0][:, :8, :8])])

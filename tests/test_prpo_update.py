@@ -13,7 +13,7 @@ import torch
 
 from videomem.model.policy import build_policy
 from videomem.rl.rollout import RolloutSample
-from videomem.train.prpo import PRPOModule, _micro_batches, _prompt_groups, _update_samples
+from videomem.train.prpo import PRPOModule, _ended_samples, _micro_batches, _prompt_groups, _update_samples
 
 TINY = {"hidden_size": 64, "num_hidden_layers": 2, "intermediate_size": 128}
 
@@ -40,7 +40,7 @@ COMPLETIONS = [
 @pytest.mark.parametrize("arch", ["qwen2_5_vl", "qwen3_vl"])
 def test_group_hidden_states_equal_one_row_per_completion(arch, attn):
     policy = build_policy(arch, tiny=TINY).eval()
-    policy.model.model.language_model.config._attn_implementation = attn  # boolean vs additive 4-D mask
+    policy.model.set_attn_implementation({"text_config": attn})  # the reference forward's attention
     messages, videos = _prompts(policy, 3)
     hidden, targets, mask = policy.group_hidden_states(messages, videos, COMPLETIONS)
     flat = [(b, c) for b, cs in enumerate(COMPLETIONS) for c in cs]
@@ -59,12 +59,39 @@ def test_group_hidden_states_equal_one_row_per_completion(arch, attn):
         torch.testing.assert_close(hidden[n, :k], ref[n][real], atol=2e-5, rtol=1e-4)
 
 
-def test_attention_without_custom_masks_is_refused():
-    policy = build_policy("qwen2_5_vl", tiny=TINY)
-    policy.model.model.language_model.config._attn_implementation = "flash_attention_2"
+def test_packed_update_builds_no_width_squared_mask(monkeypatch):
+    """The packed forward gets no mask from transformers and attends segment by segment: its largest
+    mask is one completion's [n, L_p + n] bias, however many completions are packed behind the prompt."""
+    from videomem.model import packed
+
+    policy = build_policy("qwen2_5_vl", tiny=TINY).eval()
     messages, videos = _prompts(policy, 1)
-    with pytest.raises(NotImplementedError, match="shared_prefix_update=false"):
-        policy.group_hidden_states(messages, videos, [["x"]])
+    calls, given = [], []
+    sdpa = packed.sdpa
+
+    def record(q, k, v, attn_mask=None, **kwargs):
+        calls.append((q.shape[2], k.shape[2], type(attn_mask).__name__))
+        return sdpa(q, k, v, attn_mask=attn_mask, **kwargs)
+
+    attend = packed.PackedLayout.attend
+
+    def attend_recording(self, module, query, key, value, mask, **kwargs):
+        given.append(tuple(mask.shape))
+        return attend(self, module, query, key, value, mask, **kwargs)
+
+    monkeypatch.setattr(packed, "sdpa", record)
+    monkeypatch.setattr(packed.PackedLayout, "attend", attend_recording)
+    completions = [["a b c", "d", "e f g h i"]]
+    with torch.no_grad():
+        policy.group_hidden_states(messages, videos, completions)
+    layers = policy.model.config.text_config.num_hidden_layers
+    assert len(calls) == layers * (1 + len(completions[0]))  # the prompt, then each completion
+    prompt_calls = calls[:: 1 + len(completions[0])]
+    assert all(kind == "NoneType" and q == k for q, k, kind in prompt_calls)  # plain causal, no mask
+    width = given[0][-1]  # prompt + all completions
+    assert given == [(1, 1, 1, width)] * layers  # an O(W) placeholder: transformers built no mask
+    assert all(kind in ("NoneType", "CausalBias") for _, _, kind in calls)
+    assert max(q * k for q, k, kind in calls if kind == "CausalBias") < width * width / 4
 
 
 def _samples(policy) -> list[RolloutSample]:
@@ -263,3 +290,41 @@ def test_the_reference_policy_stays_out_of_checkpoints():
     assert {id(p) for p in module.parameters()} == policy_params
     module.train()
     assert not module.ref_policy.training  # Lightning's train() does not reach it either
+
+
+def test_overlong_filter_leaves_truncated_samples_out():
+    samples = [RolloutSample(k, 0, 0, [], None, "x", 1.0, None, None, truncated=k % 2 == 1) for k in range(4)]
+    assert [s.node_id for s in _ended_samples(samples, True)] == [0, 2]
+    assert [s.node_id for s in _ended_samples(samples, False)] == [0, 1, 2, 3]
+
+
+def test_rollout_marks_the_samples_cut_at_the_budget():
+    from tests.test_memory_loop import make_qa
+    from videomem.rl.rollout import RewardConfig, RolloutConfig, prpo_rollout
+
+    policy = build_policy("qwen2_5_vl", tiny=TINY).eval()
+    m = policy.patch_multiple
+    qa = make_qa(0, 2)
+    qa.clips = [torch.randint(0, 255, (4, m, m, 3), dtype=torch.uint8) for _ in range(2)]
+    im_end = policy.im_end_id
+
+    def end_third_sample(module, args, out):  # the 3rd sample of each group ends at its 2nd token
+        if out.shape[0] == 3:
+            out[2::3, -1, im_end] += 1e4
+
+    stop_early = policy.model.lm_head.register_forward_hook(end_third_sample)
+    try:
+        rollout = prpo_rollout(
+            policy,
+            [qa],
+            RolloutConfig(group_size=3, max_new_tokens=5),
+            RewardConfig(answer_target="provisional"),
+            generator=torch.Generator().manual_seed(0),
+        )
+    finally:
+        stop_early.remove()
+    truncated = [s.truncated for s in rollout.samples]
+    assert truncated == [len(s.completion_ids) == 5 for s in rollout.samples]
+    assert truncated == [True, True, False] * 2  # the random policy never stops on its own in 5 tokens
+    assert rollout.stats["truncated"] == pytest.approx(4 / 6)
+    assert rollout.stats["decode/row_steps_saved"] > 0

@@ -175,3 +175,39 @@ def test_terminal_reward_needs_no_continuation():
 def test_unknown_answer_target_is_refused():
     with pytest.raises(ValueError, match="answer_target"):
         RewardConfig(answer_target="final")
+
+
+@pytest.mark.parametrize("rollout_kw", [{"psp": False}, {"keep": 2}], ids=["chains", "keep2"])
+def test_a_rollout_encodes_each_clip_once(rollout_kw):
+    """G chains or K kept memories per example, plus the continuation chains: many prompt rows show a
+    clip, one vision encode serves them all (``rollout/decode/vision_encodes_per_clip``)."""
+    from videomem.model.policy import build_policy
+
+    policy = build_policy("qwen2_5_vl", tiny={"hidden_size": 64, "num_hidden_layers": 2}).eval()
+    g = torch.Generator().manual_seed(0)
+    qas = [pixel_qa(i, 3, 2 * policy.patch_multiple, g) for i in range(2)]
+    cfg = RolloutConfig(group_size=3, max_new_tokens=6, **rollout_kw)
+    seen, rows = [], policy.decode_stats.prompt_rows
+    hook = policy.model.model.visual.register_forward_hook(lambda m, args, out: seen.append(args[0].shape[0]))
+    try:
+        rollout = prpo_rollout(
+            policy,
+            qas,
+            cfg,
+            RewardConfig(answer_target="continuation"),
+            generator=torch.Generator().manual_seed(1),
+        )
+    finally:
+        hook.remove()
+    clips = sum(qa.num_clips for qa in qas)
+    assert policy.decode_stats.prompt_rows - rows > clips  # several prompt rows per clip (chains) ...
+    assert rollout.stats["decode/vision_encodes_per_clip"] == 1.0  # ... one encode each clip
+    per_clip = policy.build_inputs(*_one_prompt(qas[0])).pixel_values_videos.shape[0]
+    assert sum(seen) == clips * per_clip  # the tower saw every clip's patches exactly once
+    assert policy.vision_cache is None  # the features left with the rollout
+
+
+def _one_prompt(qa):
+    from videomem.memory.loop import step_messages
+
+    return [step_messages(qa, 0, "")], [qa.clips[0]]

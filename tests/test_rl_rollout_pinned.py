@@ -4,7 +4,8 @@ The default PRPO run is deterministic, so a change to ``prpo_rollout`` that only
 give the same tree. A scripted policy draws its samples from the rollout's generator (as the real
 policy's sampler does), so the digests below also pin the ORDER of the random draws: generation of
 every prompt of a clip, then PSP selection example by example. The digests were recorded from the
-rollout before it was split into its steps; a change of any value, of the call order or of a draw
+rollout before it was split into its steps (and re-recorded when the stats gained ``truncated``, with
+every node, sample and draw unchanged); a change of any value, of the call order or of a draw
 changes them.
 
 The policy is scripted rather than a random tiny VLM because a VLM's sampled tokens depend on the
@@ -138,14 +139,14 @@ def rollout_digest(rollout_kw: dict, reward_kw: dict) -> str:
 
 
 PINNED = {
-    "chains": "de33e88c9e15554ac46d9fc3bf438c5a1191dd543545a6c960189d5c99eb1df7",
-    "continuation": "c1ba46b41d204f4cacf4aa6ec7d07ed9ac4e8f1b217b9f41f03ee754e790bedb",
-    "continuation_chains": "5c6f15a8285b884c75f3722bbfce7124bc71a9a867a517b6a8f1c6a2a2a7e9ab",
-    "default": "0fe2871a943e7defdf26e311e9f7b3d4ce3fab907c7c8c0b4f2a2239b8198def",
-    "linear_unscaled_penalty": "a9a5c91ea13bf1efe3cbaa98d489b8757d1b73b38e88d0e1e846a8117e54f705",
-    "keep2_step_tau": "6af8807e17c23357c640c011f568cc4c654d81e7450eac09e7057c02adfeedc5",
-    "single": "b6e37704ce542ccc3a3a6b7659fdcc57b4ca4b779794a084e9f51cb70691c12e",
-    "terminal_no_penalty": "804a14145841707f6e94e5566a6daf8bdb25b24aa3f75690a7436e8804bdce76",
+    "chains": "21a0226a73e149183199205a774d503ddf6c989a44df70e64ce67b1ce7e6fae3",
+    "continuation": "9cb40942acc16a24f3b0de5b7ef11ad39a60aaefd4f2d9a48abce2a476ecacce",
+    "continuation_chains": "6a7666ee47781ca6860d5db543ea2fb9f37f8127de22a8e5bcfdca382ae622ac",
+    "default": "3ca53a2f3320560680a6a3ec75d658df602efcead6ae1e0d3e8f4f91f3fe93a2",
+    "linear_unscaled_penalty": "f686e3791ab51844825074f68ba9a29d2d9eba13d892149e427c0c9af348e062",
+    "keep2_step_tau": "f08845c125c87222a1060b556416e6975d0df57a5a63dc93bbe2a53d20950ea4",
+    "single": "0f812c724251fd085348bdb9377562b9ccdcaaf558491492597ea5a5479c0766",
+    "terminal_no_penalty": "e4adf2ed7389ff7d9ceb3c1f80e92da18d6a4867f8884cc392f2419c1bc4df72",
 }
 
 

@@ -98,3 +98,40 @@ def test_fused_sft_loss_equals_the_models_loss(calls, monkeypatch, arch: str) ->
     fused = sft_loss(policy, inputs)
     policy.liger_kernels = False
     assert torch.allclose(fused, sft_loss(policy, inputs), atol=1e-5)
+
+
+PATCH_CHECK = """
+import sys
+import liger_kernel.transformers.rms_norm as rms
+from videomem.model.liger import apply_liger_kernels
+from videomem.model.policy import build_policy
+policy = build_policy(sys.argv[1], liger_kernels=False)
+assert apply_liger_kernels(policy.model, sys.argv[1], required=True)
+norms = [m for m in policy.model.model.language_model.modules() if 'RMSNorm' in type(m).__name__]
+assert norms and all(m.forward.__func__ is rms.LigerRMSNorm.forward for m in norms)
+"""
+
+
+@pytest.mark.parametrize("arch", sorted(PATCHERS))
+def test_real_patchers_with_the_installed_transformers(arch: str) -> None:
+    """The real liger-kernel 0.8.5 patchers, not stand-ins: under transformers <= 5.22 they import and
+    patch the built instance (its RMSNorms become Liger's; checked in a subprocess, since the patch also
+    replaces module-level names of transformers); from 5.23 on, whose Qwen-VL output classes were
+    renamed, they raise ImportError before patching anything, so ``auto`` warns and keeps the model's
+    own modules (docs/performance.md, "Liger and transformers")."""
+    import subprocess
+    import sys
+
+    import transformers
+    from packaging.version import Version
+
+    from videomem.model.liger import apply_liger_kernels
+
+    if Version(transformers.__version__) < Version("5.23"):
+        subprocess.run([sys.executable, "-c", PATCH_CHECK, arch], check=True)
+        return
+    policy = build_policy(arch, liger_kernels=False)
+    with pytest.warns(UserWarning, match="cannot patch"):
+        assert apply_liger_kernels(policy.model, arch, required=False) is False
+    with pytest.raises(RuntimeError, match="cannot patch"):
+        apply_liger_kernels(policy.model, arch, required=True)

@@ -42,3 +42,14 @@ def test_bench_gpu(tmp_path) -> None:
     bench_line("gpu_prpo_rollout_s_psp", psp["rollout_s"], "<=", 60)
     bench_line("gpu_prpo_update_s_psp", psp["update_s"], "<=", 60)
     bench_line("gpu_prpo_rollout_speedup_psp", chains["rollout_s"] / psp["rollout_s"], ">=", 1.5)
+    widths = result["width_8b"]
+    decode = widths["decode"]
+    bench_line(
+        "gpu_decode_row_steps_saved_fraction",
+        decode["row_steps_saved"] / decode["row_steps_all_rows"],
+        ">=",
+        0.4,
+    )
+    bench_line("gpu_shared_clip_vision_encodes", widths["shared_clip"]["vision_encodes"], "<=", 1)
+    long = widths["update"][-1]
+    bench_line("gpu_update_peak_gib_8b_width_2_layers_W", long["peak_mib"] / 1024, "<=", 20)

@@ -27,7 +27,9 @@ The endless training stream stops with one `NoUsableDataError` when no training 
 (skips.py: StreamGuard), e.g. when every training shard is empty or every clip undecodable.
 
 Batches are plain lists of VideoQA (the model layer tokenizes and patches); a batch may hold several
-questions of one video, sharing its frames.
+questions of one video, sharing its frames. With a ``transform`` (the model's frames -> patches, built
+by Hydra from the model config) every split's clips are prepared in the workers by a stage of their
+own (prepare.py), after the streams above.
 
 Deliberately not here: tokenisation, model-specific resizing rules (pass `frame_size`), writing shards.
 """
@@ -36,12 +38,14 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Callable
 
 import lightning as L
 from torch.utils.data import DataLoader, IterableDataset
 
 from videomem.data.distributed import rank_and_world
 from videomem.data.eval_stream import EvalStream
+from videomem.data.prepare import PreparedStream
 from videomem.data.shards import VideoQADecoder, expand_shards
 from videomem.data.skips import NoUsableDataError, SkipLog, StreamGuard
 from videomem.data.train_stream import TrainStream, index_videos, per_worker_questions
@@ -73,6 +77,8 @@ class VideoQADataModule(L.LightningDataModule):
         category_keep: Training mixture, ``{category: probability}`` of training a question in a pass
             (unnamed categories: 1); None keeps every question. One that keeps nothing of the shards
             raises ValueError instead of spinning on the endless training stream.
+        transform: Applied to every clip's frames in the loader workers (e.g. the model's vision
+            patches, ``videomem.model.vision.FramePatcher``); None hands the frames on.
     """
 
     def __init__(
@@ -89,9 +95,11 @@ class VideoQADataModule(L.LightningDataModule):
         val_limit: int | None = None,
         epoch_length: int | None = None,
         category_keep: dict[str, float] | None = None,
+        transform: Callable | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["transform"])
+        self.transform = transform
         self.frame_size = tuple(frame_size) if frame_size is not None else None
         self.decoders: dict[str, VideoQADecoder] = {}
         self._resume: dict[str, int] | None = None  # training stream position from a checkpoint
@@ -120,6 +128,8 @@ class VideoQADataModule(L.LightningDataModule):
 
     def _loader(self, dataset: IterableDataset) -> DataLoader:
         hp = self.hparams
+        if self.transform is not None:  # clips prepared in the workers, a stage after the stream
+            dataset = PreparedStream(dataset, self.transform)
         return DataLoader(
             dataset,
             batch_size=hp.batch_size,

@@ -12,6 +12,9 @@ training, and run it in the dtype it trained in.
 Loading also accepts a real Qwen-VL checkpoint dir (chat template beside the tokenizer, normalisation
 from its preprocessor config). Nothing is ever downloaded.
 
+``frame_patcher`` reads, without building the model, the frames -> patches transform the built policy
+will want (the datamodule's ``transform``, run in the loader workers).
+
 It deliberately runs no model: ``policy.Policy`` holds the forward and delegates save / load here.
 """
 
@@ -30,9 +33,10 @@ from videomem.model.liger import apply_liger_kernels, resolve_liger
 from videomem.model.policy import MODEL_CLASSES, POLICY_FILE, Policy
 from videomem.model.processor_files import IMAGE_FILE, VIDEO_FILE, processor_configs
 from videomem.model.tiny import EOS, PAD, build_tokenizer, tiny_config
+from videomem.model.vision import NORM, FramePatcher
 from videomem.model.weights import parameters_on_meta
 
-__all__ = ["MODEL_CLASSES", "POLICY_FILE", "FrameGeometry", "build_policy", "saved_geometry"]
+__all__ = ["MODEL_CLASSES", "POLICY_FILE", "FrameGeometry", "build_policy", "frame_patcher", "saved_geometry"]
 
 
 @dataclass(frozen=True)
@@ -226,6 +230,7 @@ def build_policy(
     liger_kernels: bool | str = "auto",
     system_prompt: str | None = None,
     weights: bool = True,
+    compile_decode: bool = False,
 ) -> Policy:
     """Factory for Lightning's ``configure_model`` (Hydra ``_partial_``).
 
@@ -243,6 +248,8 @@ def build_policy(
         weights: With ``path``, False leaves the parameters on the meta device, unread, and records
             the dir in ``policy.weights_dir``: sharded training allocates each rank's shards and reads
             only those (``train/parallel.py``). A tiny random model is always built whole.
+        compile_decode: Decode steps through ``torch.compile`` with a static layout (for CUDA; finished
+            samples then stay in the batch, ``model/generation.py``).
     """
     torch_dtype = getattr(torch, dtype)
     if path is not None:
@@ -257,6 +264,7 @@ def build_policy(
             raise ValueError(f"checkpoint {path} is {policy.arch!r} but arch={arch!r} was requested")
         if system_prompt is not None:
             policy.system_prompt = system_prompt
+        policy.compile_decode = compile_decode
         return _with_liger(policy, liger_kernels)
     tokenizer = build_tokenizer((tiny or {}).get("vocab_size", 768))
     config = tiny_config(arch, tokenizer, tiny)
@@ -272,6 +280,7 @@ def build_policy(
     policy = Policy(model.to(torch_dtype).eval(), tokenizer, arch)
     policy.system_prompt = system_prompt
     policy.weights_dir = None
+    policy.compile_decode = compile_decode
     return _with_liger(policy, liger_kernels)
 
 
@@ -281,3 +290,35 @@ def _with_liger(policy: Policy, flag: bool | str) -> Policy:
         apply_liger_kernels(policy.model, policy.arch, required=flag is True or str(flag).lower() == "true")
         policy.liger_kernels = True
     return policy
+
+
+def frame_patcher(
+    arch: str = "qwen2_5_vl", path: str | None = None, tiny: dict | None = None
+) -> FramePatcher:
+    """The frames -> patches transform of the policy ``build_policy(arch, path, tiny)`` builds, read
+    from its configs without building it: the datamodule's ``transform`` (Hydra passes the model
+    config's ``arch``, ``path`` and ``tiny``), run in the loader workers.
+
+    Args:
+        arch: ``"qwen2_5_vl"`` or ``"qwen3_vl"``.
+        path: A local checkpoint dir (its ``config.json``, and the normalisation saved beside it).
+        tiny: The tiny model's overrides (``tiny.TINY_DEFAULTS`` keys) when ``path`` is None.
+    """
+    if path is not None:
+        path = Path(path)
+        vision = AutoConfig.from_pretrained(path, local_files_only=True).vision_config
+        meta = json.loads((path / POLICY_FILE).read_text()) if (path / POLICY_FILE).exists() else {}
+        mean, std = meta.get("image_mean"), meta.get("image_std")
+        if mean is None:
+            mean, std = _processor_norm(path)
+    else:
+        vision = tiny_config(arch, build_tokenizer((tiny or {}).get("vocab_size", 768)), tiny).vision_config
+        mean = std = None
+    default_mean, default_std = NORM[arch]
+    return FramePatcher(
+        vision.patch_size,
+        vision.temporal_patch_size,
+        vision.spatial_merge_size,
+        tuple(mean or default_mean),
+        tuple(std or default_std),
+    )

@@ -1,189 +1,241 @@
-"""Decoding pieces of the shared-prefill engine: a KV cache that holds each prompt ONCE, the attention
-that lets G samples read it together, and next-token sampling.
+"""Decoding pieces of the shared-prefill engine: a KV store that holds each prompt ONCE, the attention
+that lets a prompt's samples read it together, and next-token sampling with per-row randomness.
 
-After one prefill of B prompt rows, ``SharedPrefixCache`` keeps each row's prompt keys/values once,
-in a buffer sized for prompt + decode, and appends its G samples' new keys/values after the prompt,
-interleaved (step s, sample g at ``L + s*G + g``): nothing is copied G ways and every step writes in
-place (a plain ``DynamicCache`` would ``torch.cat`` the whole cache each step). During decode the text
-model's attention is ``grouped_decode_attention``: the G samples' queries (and the query heads sharing
-a KV head, as in GQA) are stacked into one ``[B, H_kv, G*r, D]`` query block, so ONE SDPA call per
-layer reads each row's prompt once per step instead of once per sample; an additive mask
-``[B, 1, G*r, L + G*N]`` built once per generate shows each sample the prompt's real tokens and its own
-new tokens only (tests/perf/test_bench_generate.py measures the decode gain). With G=1 this is plain
-GQA-packed decoding over a growing buffer. ``sample_next`` is greedy or temperature / nucleus sampling
-with an explicit generator.
+``SharedPrefixStore`` keeps, per text layer, each prompt row's keys/values once in a buffer sized for
+prompt + decode (``[B, H_kv, L + G*N, D]``) and appends its G samples' new keys/values after the prompt,
+interleaved (step s, sample g at ``L + s*G + g``): nothing is copied G ways, every step writes in place.
+The engine hands it to the model's forward as ``kv_store=``, and the text model's attention function
+(``model/attention.py``) passes each layer's call to ``SharedPrefixStore.attend``; transformers never
+sees a cache object, so the engine depends on no cache class of transformers.
 
-It deliberately holds no loop and no model: ``policy.Policy.generate`` drives them.
+- Prefill (the prompt, many tokens): the keys/values are stored and the attention is the model's own
+  implementation (``sdpa`` by default) with the mask transformers builds for it: the prefill is what
+  a plain forward computes.
+- Decode (one token per live sample): the live samples' queries (and the query heads sharing a KV
+  head, as in GQA) are stacked into one ``[B', H_kv, S*r, D]`` block per prompt row, so ONE SDPA call
+  per layer reads each row's prompt once per step for all its samples. Finished samples leave the
+  batch (``set_active``): the store maps each live sample to its prompt row and to a query slot, and
+  a prompt row whose samples all finished leaves the buffers (one copy, once).
+- Static layout (the compiled CUDA path): no compaction, a prompt region rounded up to a multiple of
+  ``STATIC_BLOCK`` and a full-width mask updated in place, so every decode step has the same shapes.
+
+``sample_next`` is greedy or temperature / nucleus sampling. Its draw is the exponential race
+``argmax(p / q)``, q ~ Exp(1), which is how ``torch.multinomial`` draws one sample, with q drawn for
+EVERY original row at every step: which numbers a row gets does not depend on which other rows are
+still decoding, so compaction changes no sampled token.
+
+It deliberately holds no loop and no model: ``model/generation.py`` drives them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from transformers import AttentionInterface, PretrainedConfig
-from transformers.cache_utils import Cache, DynamicLayer
 
-GROUPED_DECODE_ATTENTION = "videomem_grouped_decode"
+STATIC_BLOCK = 128  # static layout: prompt region rounded up to this many positions (fewer recompiles)
 
 
-class _SharedPrefixLayer(DynamicLayer):
-    """One layer's KV: ``[B, H_kv, L + G*N, D]``, each row's prompt once, then its samples interleaved."""
-
-    def __init__(self, keys: Tensor, values: Tensor, repeats: int, max_new_tokens: int) -> None:
-        super().__init__()
-        batch, heads, length, _ = keys.shape
-        capacity = length + repeats * max_new_tokens
-        self._k = keys.new_empty(batch, heads, capacity, keys.shape[-1])  # [B, H_kv, L+G*N, D]
-        self._v = values.new_empty(batch, heads, capacity, values.shape[-1])  # [B, H_kv, L+G*N, Dv]
-        self._k[:, :, :length], self._v[:, :, :length] = keys, values  # the one copy of the prompt
-        self.prompt_length, self.repeats, self.steps, self.end = length, repeats, 0, length
-        self.dtype, self.device, self.is_initialized = keys.dtype, keys.device, True
-        self.keys, self.values = self._k[:, :, :length], self._v[:, :, :length]
-
-    def update(self, key_states: Tensor, value_states: Tensor, *args, **kwargs) -> tuple[Tensor, Tensor]:
-        """Append one token per sample (``[B*G, H_kv, 1, D]``, repeat_interleave order); return the filled views."""
-        rows, heads, new, dim = key_states.shape
-        if new != 1:
-            raise ValueError(f"the shared-prefix cache decodes one token per step, got {new}")
-        end = self.end + self.repeats
-        if end > self._k.shape[2]:
-            raise RuntimeError(f"KV buffer full ({self._k.shape[2]} positions)")
-        batch = rows // self.repeats
-        self._k[:, :, self.end : end] = key_states.view(batch, self.repeats, heads, dim).transpose(1, 2)
-        self._v[:, :, self.end : end] = value_states.view(batch, self.repeats, heads, -1).transpose(1, 2)
-        self.end, self.steps = end, self.steps + 1
-        self.keys, self.values = self._k[:, :, :end], self._v[:, :, :end]  # [B, H_kv, L+G*s, D]
-        return self.keys, self.values
-
-    def get_seq_length(self) -> int:
-        return self.prompt_length + self.steps  # tokens each sample has seen
-
-
-class SharedPrefixCache(Cache):
-    """The decode cache of ``B*G`` samples built from a ``B``-row prefill without copying it ``G`` ways.
+class SharedPrefixStore:
+    """The keys/values of ``B*G`` samples decoded from a ``B``-row prompt, each prompt held once.
 
     Args:
-        prefill: The prefill cache (``DynamicCache``), ``B`` rows of ``L`` positions.
         prompt_mask: ``[B, L]`` 1 on real prompt tokens, 0 on left padding.
-        repeats: Samples per row ``G``; sample g of row b is decode row ``b*G + g`` (repeat_interleave order).
+        repeats: Samples per row ``G``; sample g of row b is row ``b*G + g`` (repeat_interleave order).
         max_new_tokens: Decode steps to allocate ``N``.
-        heads_per_kv: Query heads per KV head ``r`` (the mask has a row per sample and query head).
+        heads_per_kv: Query heads per KV head ``r``.
+        static: Keep every row in the batch and one full-width mask (fixed shapes, for ``torch.compile``).
     """
 
     def __init__(
-        self, prefill: Cache, prompt_mask: Tensor, repeats: int, max_new_tokens: int, heads_per_kv: int
+        self, prompt_mask: Tensor, repeats: int, max_new_tokens: int, heads_per_kv: int, static: bool = False
     ) -> None:
-        if any(prefill.is_sliding):
-            raise NotImplementedError(
-                "sliding-window attention layers are not supported by the shared-prefix cache"
+        batch, length = prompt_mask.shape
+        self.batch, self.repeats, self.heads_per_kv, self.static = batch, repeats, heads_per_kv, static
+        # static: left-pad the prompt region to a multiple of STATIC_BLOCK (masked like padding)
+        self.offset = (math.ceil(length / STATIC_BLOCK) * STATIC_BLOCK - length) if static else 0
+        self.prompt_length = self.offset + length
+        self.capacity = self.prompt_length + repeats * max_new_tokens
+        self.prompt_real = F.pad(prompt_mask.bool(), (self.offset, 0))  # [B, L']
+        self.keys: dict[int, Tensor] = {}  # layer -> [B', H_kv, L' + G*N, D]
+        self.values: dict[int, Tensor] = {}
+        self.steps = 0  # decode steps written
+        self.prefilling = True
+        self.live_rows: Tensor | None = None
+        self._mask: Tensor | None = None  # built at the first decode step, in the keys' dtype
+        self.set_active(torch.arange(batch * repeats, device=prompt_mask.device))
+
+    # ---------------------------------------------------------------- layout of the live samples
+    def set_active(self, active: Tensor) -> None:
+        """Lay out the live samples ``active`` (sorted original row ids, ``[A]``): the prompt rows they
+        need (``live_rows``), each sample's row among them and its query slot; a prompt row none of
+        them needs leaves the buffers (one copy)."""
+        if self.static and self.live_rows is not None:
+            raise RuntimeError("the static layout keeps every row")
+        live_rows, row_of = torch.unique(active // self.repeats, return_inverse=True)  # [B'], [A]
+        counts = torch.bincount(row_of, minlength=live_rows.numel())  # [B'] live samples per row
+        first = torch.cumsum(counts, 0) - counts  # [B'] position in `active` of each row's first sample
+        self.active, self.row_of = active, row_of
+        self.slot_of = torch.arange(active.numel(), device=active.device) - first[row_of]  # [A]
+        self.slots = int(counts.max())  # S
+        self.dense = active.numel() == live_rows.numel() * self.slots
+        if self.live_rows is not None and self.live_rows.numel() != live_rows.numel():
+            keep = torch.searchsorted(self.live_rows, live_rows)
+            for layer in self.keys:
+                self.keys[layer] = self.keys[layer].index_select(0, keep)
+                self.values[layer] = self.values[layer].index_select(0, keep)
+        self.live_rows = live_rows
+        self._mask = None
+        self._set_columns()
+
+    def _decode_mask(self, dtype: torch.dtype) -> Tensor:
+        """Additive ``[B', 1, S*r, L' + G*N]``: 0 where query slot ``j*r + h`` may look (its prompt's real
+        tokens, its own sample's new tokens at ``L' + s*G + g``), the dtype's minimum elsewhere.
+        Padding slots see their prompt (their output is dropped; a row with nothing to see would be NaN).
+        The static layout hides every decode column until ``step_mask`` shows it.
+        """
+        g, length = self.repeats, self.prompt_length
+        device = self.prompt_real.device
+        sample = torch.full((self.live_rows.numel(), self.slots), -1, dtype=torch.long, device=device)
+        sample[self.row_of, self.slot_of] = self.active % g  # [B', S] sample index g of each slot
+        column = (torch.arange(self.capacity - length, device=device) % g)[None, None]  # [1, 1, G*N]
+        own = (column == sample[..., None]) & (not self.static)  # [B', S, G*N]
+        prompt = self.prompt_real[self.live_rows][:, None].expand(-1, self.slots, -1)  # [B', S, L']
+        seen = torch.cat([prompt, own], dim=-1).repeat_interleave(self.heads_per_kv, dim=1)  # [B', S*r, K]
+        mask = torch.zeros(seen.shape, dtype=dtype, device=device).masked_fill(~seen, torch.finfo(dtype).min)
+        return mask[:, None]
+
+    def step_mask(self) -> Tensor:
+        """Additive mask of the decode step about to run: ``[B', 1, S*r, L' + G*(s+1)]`` (a view), or
+        the whole width in the static layout, where this step's columns become visible here, each to
+        its own sample's query rows."""
+        if self._mask is None:
+            self._mask = self._decode_mask(self.keys[min(self.keys)].dtype)
+        end = self.prompt_length + self.repeats * (self.steps + 1)
+        if not self.static:
+            return self._mask[..., :end]
+        block = self._mask[..., end - self.repeats : end]  # [B, 1, G*r, G]
+        own = torch.eye(self.repeats, dtype=torch.bool, device=block.device)
+        own = own.repeat_interleave(self.heads_per_kv, dim=0)  # [G*r, G]
+        block.copy_(torch.zeros_like(block).masked_fill(~own, torch.finfo(block.dtype).min))
+        return self._mask
+
+    def _set_columns(self) -> None:
+        """``write_columns`` ``[A]``: the buffer column each live sample writes at the next step (a
+        tensor, so that a compiled step does not specialise on the step number)."""
+        self.write_columns = self.prompt_length + self.steps * self.repeats + self.active % self.repeats
+
+    def advance(self) -> None:
+        """After a decode step: one more step written."""
+        self.steps += 1
+        self._set_columns()
+
+    # ---------------------------------------------------------------- attention
+    def attend(self, module: nn.Module, query: Tensor, key: Tensor, value: Tensor, mask, *, base, **kwargs):
+        """One layer's attention (``model/attention.py`` calls it): prefill or one decode step."""
+        if self.prefilling:
+            return self.prefill(module, query, key, value, mask, base=base, **kwargs)
+        return self.decode(module, query, key, value, mask, kwargs.get("scaling")), None
+
+    def prefill(self, module: nn.Module, query: Tensor, key: Tensor, value: Tensor, mask, *, base, **kwargs):
+        """Store the prompt's keys/values and attend as the model's own implementation ``base`` does."""
+        layer = module.layer_idx
+        batch, heads, length, dim = key.shape
+        buffer_k = key.new_zeros(batch, heads, self.capacity, dim)  # [B, H_kv, L' + G*N, D]
+        buffer_v = value.new_zeros(batch, heads, self.capacity, value.shape[-1])
+        buffer_k[:, :, self.offset : self.prompt_length] = key
+        buffer_v[:, :, self.offset : self.prompt_length] = value
+        self.keys[layer], self.values[layer] = buffer_k, buffer_v
+        return base(module, query, key, value, mask, **kwargs)
+
+    def decode(self, module: nn.Module, query: Tensor, key: Tensor, value: Tensor, mask: Tensor, scaling):
+        """One decode step: write the live samples' new keys/values, then grouped attention.
+
+        Args:
+            query: ``[A, H, 1, D]`` this step's queries, H = H_kv * r.
+            key, value: ``[A, H_kv, 1, D]`` their new keys/values.
+            mask: ``step_mask()``.
+
+        Returns:
+            ``[A, 1, H, Dv]``, the layout transformers' attention functions return.
+        """
+        rows, heads, new, dim = query.shape
+        if new != 1 or rows != self.active.numel():
+            raise ValueError(
+                f"shared-prefix decode takes one token per live sample, got {tuple(query.shape)}"
             )
-        layers = [
-            _SharedPrefixLayer(layer.keys, layer.values, repeats, max_new_tokens) for layer in prefill.layers
-        ]
-        super().__init__(layers=layers)
-        self.prompt_length, self.repeats = prompt_mask.shape[1], repeats
-        self._mask = _decode_mask(prompt_mask, repeats, heads_per_kv, max_new_tokens, layers[0].dtype)
-
-    def next_mask(self) -> Tensor:
-        """Additive mask ``[B, 1, G*r, L + G*(s+1)]`` of the next decode step ``s`` (a view, no copy)."""
-        return self._mask[..., : self.prompt_length + self.repeats * (self.layers[0].steps + 1)]
-
-
-def _decode_mask(
-    prompt_mask: Tensor, repeats: int, heads_per_kv: int, steps: int, dtype: torch.dtype
-) -> Tensor:
-    """``[B, 1, G*r, L + G*N]``: 0 where query row ``g*r + j`` may look (real prompt tokens, sample g's own
-    new tokens at ``L + s*G + g``), the dtype's minimum elsewhere."""
-    batch, length = prompt_mask.shape
-    own = torch.eye(repeats, dtype=torch.bool, device=prompt_mask.device).repeat(1, steps)  # [G, N*G]
-    seen = torch.cat(
-        [prompt_mask.bool()[:, None].expand(batch, repeats, length), own.expand(batch, -1, -1)], dim=-1
-    )  # [B, G, L+N*G]
-    seen = seen.repeat_interleave(heads_per_kv, dim=1)  # [B, G*r, L+N*G]
-    return torch.zeros(seen.shape, dtype=dtype, device=seen.device).masked_fill(
-        ~seen, torch.finfo(dtype).min
-    )[:, None]
-
-
-def grouped_decode_attention(
-    module: nn.Module,
-    query: Tensor,
-    key: Tensor,
-    value: Tensor,
-    attention_mask: Tensor | None,
-    scaling: float | None = None,
-    **kwargs,
-) -> tuple[Tensor, None]:
-    """HF attention function of one decode step over a ``SharedPrefixCache`` (registered as
-    ``GROUPED_DECODE_ATTENTION``): each row's G samples and r query heads per KV head attend as one block.
-
-    Args:
-        module: The HF attention module (unused; part of the interface).
-        query: ``[B*G, H, 1, D]`` this step's queries, H = H_kv * r.
-        key: ``[B, H_kv, K, D]`` a row's prompt and its samples' new tokens (``SharedPrefixCache.update``).
-        value: ``[B, H_kv, K, Dv]``.
-        attention_mask: ``[B, 1, G*r, K]`` additive (``SharedPrefixCache.next_mask``).
-        scaling: Softmax scale (HF passes ``head_dim ** -0.5``).
-
-    Returns:
-        ``([B*G, 1, H, Dv], None)``, the layout HF attention functions return.
-    """
-    rows, heads, new, dim = query.shape
-    batch, kv_heads = key.shape[:2]
-    if new != 1 or attention_mask is None or rows % batch:
-        raise ValueError(
-            "grouped decode attention takes one query token per sample and SharedPrefixCache.next_mask()"
-        )
-    group, per_kv = rows // batch, heads // kv_heads
-    q = query.reshape(batch, group, kv_heads, per_kv, dim).transpose(1, 2)  # [B, H_kv, G, r, D]
-    q = q.reshape(batch, kv_heads, group * per_kv, dim)  # [B, H_kv, G*r, D]
-    out = F.scaled_dot_product_attention(
-        q, key, value, attn_mask=attention_mask, scale=scaling
-    )  # [B, H_kv, G*r, Dv]
-    out = out.view(batch, kv_heads, group, per_kv, -1).transpose(1, 2)  # [B, G, H_kv, r, Dv]
-    return out.reshape(rows, 1, heads, -1), None
-
-
-AttentionInterface.register(GROUPED_DECODE_ATTENTION, grouped_decode_attention)
-
-
-@contextmanager
-def grouped_decode(text_config: PretrainedConfig) -> Iterator[None]:
-    """Route the text model's attention to ``grouped_decode_attention`` inside the block (decode only;
-    the prefill keeps the configured implementation), restoring it on exit."""
-    previous = text_config._attn_implementation
-    text_config._attn_implementation = GROUPED_DECODE_ATTENTION
-    try:
-        yield
-    finally:
-        text_config._attn_implementation = previous
+        layer = module.layer_idx
+        buffer_k, buffer_v = self.keys[layer], self.values[layer]
+        columns = self.write_columns
+        if self.static:  # one block of G columns per row, a tensor index: the same graph every step
+            batch = self.live_rows.numel()
+            block = key.view(batch, self.repeats, key.shape[1], -1).transpose(1, 2)  # [B, H_kv, G, D]
+            buffer_k.index_copy_(2, columns[: self.repeats], block)
+            block = value.view(batch, self.repeats, value.shape[1], -1).transpose(1, 2)
+            buffer_v.index_copy_(2, columns[: self.repeats], block)
+            keys, values = buffer_k, buffer_v
+        else:
+            buffer_k[self.row_of, :, columns] = key[:, :, 0]  # [A, H_kv, D]
+            buffer_v[self.row_of, :, columns] = value[:, :, 0]
+            end = self.prompt_length + self.repeats * (self.steps + 1)
+            keys, values = buffer_k[:, :, :end], buffer_v[:, :, :end]  # [B', H_kv, K, D] views
+        kv_heads = keys.shape[1]
+        per_kv = heads // kv_heads
+        batch, slots = self.live_rows.numel(), self.slots
+        q = query[:, :, 0]  # [A, H, D]
+        if not self.dense:  # scatter the live samples into their rows' slots (padding slots stay 0)
+            grouped = q.new_zeros(batch * slots, heads, dim)
+            grouped[self.row_of * slots + self.slot_of] = q
+            q = grouped  # [B'*S, H, D]
+        q = q.view(batch, slots, kv_heads, per_kv, dim).transpose(1, 2)  # [B', H_kv, S, r, D]
+        q = q.reshape(batch, kv_heads, slots * per_kv, dim)  # [B', H_kv, S*r, D]
+        out = F.scaled_dot_product_attention(
+            q, keys, values, attn_mask=mask, scale=scaling
+        )  # [B', H_kv, S*r, Dv]
+        out = out.view(batch, kv_heads, slots, per_kv, -1).transpose(1, 2)  # [B', S, H_kv, r, Dv]
+        out = out.reshape(batch * slots, heads, -1)  # [B'*S, H, Dv]
+        if not self.dense:
+            out = out[self.row_of * slots + self.slot_of]  # [A, H, Dv]
+        return out[:, None]  # [A, 1, H, Dv]
 
 
 def sample_next(
-    logits: Tensor, do_sample: bool, temperature: float, top_p: float, generator: torch.Generator | None
+    logits: Tensor,
+    do_sample: bool,
+    temperature: float,
+    top_p: float,
+    generator: torch.Generator | None,
+    rows: Tensor | None = None,
+    num_rows: int | None = None,
 ) -> Tensor:
     """Next token per row: argmax, or a draw from the temperature / nucleus (top-p) distribution.
 
     Args:
-        logits: ``[N, V]`` next-token logits.
+        logits: ``[A, V]`` next-token logits of the live rows.
         do_sample: False for greedy.
         temperature: Softmax temperature (> 0).
         top_p: Keep the smallest set of tokens whose probability reaches ``top_p``.
-        generator: Explicit RNG for reproducible draws.
+        generator: Explicit RNG for reproducible draws (on the logits' device).
+        rows: ``[A]`` original row of each live row (None: all rows, in order).
+        num_rows: Rows the noise is drawn for every step (default A): each original row gets the same
+            numbers whichever rows are live.
 
     Returns:
-        ``[N]`` token ids.
+        ``[A]`` token ids.
     """
     if not do_sample:
         return logits.argmax(dim=-1)
-    probs = torch.softmax(logits.float() / temperature, dim=-1)  # [N, V]
+    probs = torch.softmax(logits.float() / temperature, dim=-1)  # [A, V]
     if top_p < 1.0:
-        sorted_probs, order = probs.sort(dim=-1, descending=True)  # [N, V]
+        sorted_probs, order = probs.sort(dim=-1, descending=True)  # [A, V]
         drop = sorted_probs.cumsum(dim=-1) - sorted_probs >= top_p  # mass before this token already enough
         sorted_probs = sorted_probs.masked_fill(drop, 0.0)
-        probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)  # [N, V]
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # [N]
+        probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)  # [A, V]
+    total = num_rows if num_rows is not None else probs.shape[0]
+    noise = torch.empty(total, probs.shape[1], dtype=probs.dtype, device=probs.device)
+    noise.exponential_(generator=generator)  # [rows, V]: what torch.multinomial(probs, 1) draws
+    if rows is not None:
+        noise = noise[rows]
+    return (probs / noise).argmax(dim=-1)  # [A]

@@ -13,10 +13,12 @@ drivers"), so every CPU run and test keeps the plain transformers modules. When 
   it replaces ``model.forward``, which generation also uses; SFT instead computes the fused loss
   itself from ``Policy.hidden_states`` and ``Policy.lm_head_weight`` (``videomem.train.sft.sft_loss``),
   as PRPO does with Liger's fused GRPO loss. The policy's ``liger_kernels`` attribute tells SFT to.
-- Known incompatibility (checked with liger-kernel 0.8.5 and transformers 5.23): both Qwen-VL patchers
-  raise ImportError on their first line (they import ``Qwen2_5_VLCausalLMOutputWithPast`` /
-  ``Qwen3VLCausalLMOutputWithPast``, which transformers 5.x no longer defines). ``"auto"`` then warns
-  and leaves the modules unpatched (the fused SFT loss is independent and stays on); ``True`` raises.
+- Which transformers the patchers work with (liger-kernel 0.8.5, checked on the CPU: import, patch a
+  built model, inspect the replaced modules; docs/performance.md): up to 5.22.2 they import and patch;
+  from 5.23 on (the pinned 5.24 included) both raise ImportError on their first line (they import
+  ``Qwen2_5_VLCausalLMOutputWithPast`` / ``Qwen3VLCausalLMOutputWithPast``, which 5.23 renamed).
+  ``"auto"`` then warns and leaves the modules unpatched (the fused SFT loss is independent and stays
+  on); ``True`` raises. ``tests/test_scale_liger.py`` checks whichever holds for the installed version.
 
 This module does not build models; it knows nothing of Lightning.
 """

@@ -29,9 +29,11 @@ from transformers import (
     Qwen3VLForConditionalGeneration,
 )
 
-from videomem.model import generation
+from videomem.model import attention, generation
 from videomem.model import inputs as _inputs
+from videomem.model.features import video_encoder_outputs
 from videomem.model.inputs import DEFAULT_FPS, VIDEO_PAD, VISION_END, VISION_START, PolicyInputs
+from videomem.model.packed import PackedLayout
 from videomem.model.tiny import EOS, PAD
 from videomem.model.vision import NORM
 
@@ -82,7 +84,12 @@ class Policy(nn.Module):
         if arch not in MODEL_CLASSES:
             raise ValueError(f"unknown arch {arch!r}; expected one of {list(MODEL_CLASSES)}")
         self.model, self.tokenizer, self.arch = model, tokenizer, arch
+        attention.install(model)  # the engine's layouts reach the text attention (model/attention.py)
         self.liger_kernels = False
+        # decode steps through torch.compile with a static store (model/generation.py; for CUDA)
+        self.compile_decode = False
+        self.decode_stats = generation.DecodeStats()  # the engine's running counts
+        self.vision_cache: dict | None = None  # clip features kept inside features.shared_vision
         # frame geometry it was trained with (model/checkpoint.py; None: unknown)
         self.geometry: FrameGeometry | None = None
         # instruction this policy was trained with (None: the memory loop's default; "": none)
@@ -187,11 +194,13 @@ class Policy(nn.Module):
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Hidden states of G completions per prompt, the prompt (and its video) run ONCE per row.
 
-        Row b packs ``[prompt_b, c_b1, ..., c_bG]`` into one sequence; a 4-D mask lets completion g see
-        the prompt's real tokens and its own earlier tokens only, and its rope positions continue from
-        the prompt as if it stood alone. So every completion token gets exactly the hidden state of
-        ``hidden_states(build_inputs(prompt, completion))`` while the vision tower and the prompt's
-        layers run once per row instead of once per completion (PRPO's update over a PSP group).
+        Row b packs ``[prompt_b, c_b1, ..., c_bG]`` into one sequence; completion g attends to the
+        prompt's real tokens and its own earlier tokens only (``model/packed.py``: segment by segment,
+        no ``[W, W]`` mask), and its rope positions continue from the prompt as if it stood alone. So
+        every completion token gets the hidden state of ``hidden_states(build_inputs(prompt,
+        completion))`` (to float rounding) while the vision tower and the prompt's layers run once per
+        row instead of once per completion (PRPO's update over a PSP group); rows showing the same clip
+        object share one vision encode (``model/features.py``).
 
         Args:
             messages, videos, video_fps: One prompt per row, as in ``build_inputs``.
@@ -214,49 +223,44 @@ class Policy(nn.Module):
         input_ids[:, :prompt_len] = base.input_ids
         pos = torch.zeros(3, rows, width, dtype=positions.dtype)  # [3, B, W]
         pos[:, :, :prompt_len] = positions
-        seen = torch.zeros(rows, width, width, dtype=torch.bool)  # [B, W(query), W(key)]
-        real = base.attention_mask.bool()  # [B, Lp]
-        seen[:, :prompt_len, :prompt_len] = (
-            torch.ones(prompt_len, prompt_len, dtype=torch.bool).tril() & real[:, None]
-        )
+        segments: list[list[tuple[int, int]]] = []  # per row: (start, length) of each completion
         src, tgt = [], []  # per completion: positions whose hidden predicts its tokens, and the tokens
         for b, cs in enumerate(ids):
-            at = prompt_len
+            at, segments_b = prompt_len, []
             for c in cs:
                 n = len(c)
                 input_ids[b, at : at + n] = torch.tensor(c)
                 pos[:, b, at : at + n] = start[b] + torch.arange(n)
-                seen[b, at : at + n, :prompt_len] = real[b]
-                seen[b, at : at + n, at : at + n] = torch.ones(n, n, dtype=torch.bool).tril()
+                segments_b.append((at, n))
                 src.append([prompt_len - 1] + list(range(at, at + n - 1)))
                 tgt.append(c)
                 at += n
-        seen |= torch.eye(width, dtype=torch.bool)  # padding rows see themselves (no all-masked row)
-        attn = self.model.model.language_model.config._attn_implementation
-        if attn == "sdpa":
-            mask = seen[:, None]  # [B, 1, W, W] boolean, True = may attend
-        elif attn == "eager":
-            dtype = self.model.get_input_embeddings().weight.dtype  # the compute dtype (gathered under FSDP2)
-            mask = torch.zeros(seen[:, None].shape, dtype=dtype).masked_fill(
-                ~seen[:, None], torch.finfo(dtype).min
-            )
-        else:
-            raise NotImplementedError(
-                f"group_hidden_states needs a custom 4-D mask, which {attn!r} attention does not take: "
-                "use sdpa or eager, or module.shared_prefix_update=false"
-            )
+            segments.append(segments_b)
+        layout = PackedLayout(
+            prompt_starts=(prompt_len - base.attention_mask.sum(-1)).tolist(),
+            prompt_end=prompt_len,
+            completions=segments,
+        )
         mm_types = torch.zeros_like(input_ids)
         mm_types[:, :prompt_len] = base.mm_token_type_ids
         packed = PolicyInputs(
             input_ids=input_ids,
-            attention_mask=mask,
+            attention_mask=layout.placeholder_mask(rows, width),  # the layout masks: nothing [W, W]
             mm_token_type_ids=mm_types,
             pixel_values_videos=base.pixel_values_videos,
             video_grid_thw=base.video_grid_thw,
             second_per_grid_ts=base.second_per_grid_ts,
+            sources=base.sources,
         ).to(self.model.device)
+        attention.install(self.model)  # a no-op unless set_attn_implementation replaced it since
+        kwargs = self._hf_kwargs(packed)
+        kwargs.pop("pixel_values_videos")  # encoded below, each distinct clip once
         out = self.model.model(
-            **self._hf_kwargs(packed), position_ids=pos.to(self.model.device), use_cache=False
+            **kwargs,
+            mm_encoder_outputs=video_encoder_outputs(self, packed),
+            position_ids=pos.to(self.model.device),
+            use_cache=False,
+            packed_layout=layout,
         )
         hidden = out.last_hidden_state  # [B, W, H]
         longest = max(len(t) for t in tgt)
@@ -313,6 +317,7 @@ class Policy(nn.Module):
             temperature=temperature,
             top_p=top_p,
             generator=generator,
+            compiled=self.compile_decode,
         )
 
     def _strip(self, ids: list[int]) -> list[int]:

@@ -6,11 +6,18 @@ pad the frame count to a multiple of the temporal patch by repeating the last fr
 in the vision tower's merge order (each run of merge^2 consecutive patches is one 2x2 block that the
 patch merger fuses into one LLM token).
 
+``FramePatcher`` does the same to a clip in the data loader's worker processes (the datamodule's
+``transform``, built by Hydra from the model config with ``frame_patcher``): a ``ClipPatches`` carries
+the patches, the grid and the geometry they were cut with, and ``Policy.build_inputs`` takes it in
+place of the frames, after checking that geometry against its own.
+
 It deliberately does not resize or sample frames: decode at the right size (H, W multiples of
 patch * merge) and frame count upstream (data/video.py).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
@@ -77,6 +84,62 @@ def frames_to_patches(
         grid_t * grid_h * grid_w, 3 * temporal_patch_size * patch_size * patch_size
     )  # [N, D]
     return flat, torch.tensor([grid_t, grid_h, grid_w], dtype=torch.long)
+
+
+class ClipPatches:
+    """One clip cut into vision patches (``frames_to_patches``), ready for ``Policy.build_inputs``.
+
+    A plain class, not a dataclass: Lightning's batch transfer rebuilds dataclasses field by field,
+    which would give each question its own copy; the questions of one video must keep sharing one
+    object (one vision encode, ``model/features.py``). ``build_inputs`` moves the tensors.
+
+    Attributes:
+        pixel_values: ``[t*h*w, 3*tp*p*p]`` float32 patches.
+        grid_thw: ``[3]`` (t, h, w) in patches.
+        num_frames: Frames of the clip (Qwen3-VL writes a timestamp per temporal patch of them).
+        geometry: ``(patch_size, temporal_patch_size, merge_size, mean, std)`` they were cut with.
+    """
+
+    __slots__ = ("pixel_values", "grid_thw", "num_frames", "geometry")
+
+    def __init__(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor, num_frames: int, geometry: tuple):
+        self.pixel_values, self.grid_thw, self.num_frames, self.geometry = (
+            pixel_values,
+            grid_thw,
+            num_frames,
+            geometry,
+        )
+
+
+@dataclass(frozen=True)
+class FramePatcher:
+    """``[F, H, W, 3]`` uint8 frames -> ``ClipPatches``, picklable for DataLoader workers.
+
+    Attributes:
+        patch_size, temporal_patch_size, merge_size: The vision tower's geometry.
+        mean, std: Normalisation on the [0, 1] scale.
+    """
+
+    patch_size: int
+    temporal_patch_size: int
+    merge_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @property
+    def geometry(self) -> tuple:
+        return (self.patch_size, self.temporal_patch_size, self.merge_size, tuple(self.mean), tuple(self.std))
+
+    def __call__(self, frames: torch.Tensor) -> ClipPatches:
+        patches, grid = frames_to_patches(
+            frames,
+            patch_size=self.patch_size,
+            temporal_patch_size=self.temporal_patch_size,
+            merge_size=self.merge_size,
+            mean=self.mean,
+            std=self.std,
+        )
+        return ClipPatches(patches, grid, int(frames.shape[0]), self.geometry)
 
 
 def num_video_tokens(grid_thw: torch.Tensor, merge_size: int) -> int:

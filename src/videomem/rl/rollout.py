@@ -15,13 +15,19 @@ Per clip t, ``prpo_rollout`` runs these steps (method.md section 3), one functio
 With ``psp=False`` (the paper's "GRPO" ablation) each example runs G independent chains, one sample
 per chain per clip, each carrying its own memory; the group of clip t is the G chains.
 
-Every output becomes a ``RolloutSample`` (prompt, clip frames, completion, advantage) for the update.
-The engine (``videomem.memory.loop``) knows nothing of this; this module never touches gradients.
+Every output becomes a ``RolloutSample`` (prompt, clip frames, completion, advantage) for the update;
+one that met no stop token within ``max_new_tokens`` is marked ``truncated`` (the update filters it,
+docs/method.md section 3). The whole rollout runs inside ``shared_vision``: a clip goes through the
+vision tower once however many prompts and continuation chains show it. The engine
+(``videomem.memory.loop``, ``Policy.generate``) knows nothing of this; this module never touches
+gradients.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -29,6 +35,7 @@ import torch
 from videomem.data.types import VideoQA
 from videomem.memory.loop import GenerationConfig, generate_step, run_memory_loop, step_messages
 from videomem.memory.prompt import ParsedOutput, parse_output
+from videomem.model.features import shared_vision
 from videomem.rl.advantages import RolloutNode, RolloutTree, psp_select, psp_temperature, step_advantages
 from videomem.rl.rewards import RewardConfig, compute_rewards
 
@@ -62,6 +69,7 @@ class RolloutSample:
     parent_id: int | None = None  # the node whose memory the prompt carries: siblings share the prompt
     completion_ids: list[int] | None = None  # the tokens as sampled (the update trains these, not a
     # re-tokenisation of ``completion``, which a BPE tokenizer may split differently)
+    truncated: bool = False  # cut at max_new_tokens, no stop token: it never ended (overlong filtering)
 
 
 @dataclass
@@ -87,6 +95,7 @@ class _Step:
         parents: [N] the frontier each output was sampled from (siblings share one).
         texts: [N] decoded outputs.
         token_ids: [N] their token ids as sampled.
+        truncated: [N] cut at the token budget without a stop token.
         parsed: [N] ``parse_output`` of each text.
         memory_tokens: [N] length of each written memory in policy tokens (0 when none parsed).
         totals: [N] TCR rewards.
@@ -97,6 +106,7 @@ class _Step:
     parents: list[_Frontier]
     texts: list[str]
     token_ids: list[list[int]]
+    truncated: list[bool]
     parsed: list[ParsedOutput]
     memory_tokens: list[int]
     totals: list[float] = field(default_factory=list)
@@ -137,22 +147,30 @@ def prpo_rollout(
     frontiers = [[_Frontier(None, "") for _ in range(chains)] for _ in qas]
     continued: dict[tuple[int, int, str], str | None] = {}  # the greedy chains' states, this rollout
     num_prompts = 0
-    for t in range(max(qa.num_clips for qa in qas)):
-        prompts = [(i, f) for i, qa in enumerate(qas) if t < qa.num_clips for f in frontiers[i]]
-        num_prompts += len(prompts)
-        outputs = _sample(policy, qas, t, prompts, cfg, generator)
-        scored = None
-        if reward.answer_target == "continuation" and reward.tcr:
-            scored = _continuation_answers(policy, qas, t, prompts, outputs, cfg, continued)
-        for i, step in _per_example(policy, qas, prompts, outputs):
-            step.totals, step.terms = _score(step, qas[i], i, t, reward, scored)
-            step.advantages = step_advantages(
-                step.totals, [f.node_id for f in step.parents], psp=cfg.psp, scale=reward.scale_advantages
-            )
-            nodes = _record(tree, samples, policy, qas[i], i, t, step)
-            frontiers[i] = _next_frontier(nodes, step.parsed, step.parents, cfg, t, generator, train_step)
-            steps.append(step)
-    return Rollout(tree, samples, _summary(tree, steps, num_prompts))
+    engine = getattr(
+        policy, "decode_stats", None
+    )  # the real policy's engine counts (a scripted one has none)
+    before = copy.copy(engine)
+    with shared_vision(policy) if engine is not None else nullcontext():
+        for t in range(max(qa.num_clips for qa in qas)):
+            prompts = [(i, f) for i, qa in enumerate(qas) if t < qa.num_clips for f in frontiers[i]]
+            num_prompts += len(prompts)
+            outputs = _sample(policy, qas, t, prompts, cfg, generator)
+            scored = None
+            if reward.answer_target == "continuation" and reward.tcr:
+                scored = _continuation_answers(policy, qas, t, prompts, outputs, cfg, continued)
+            for i, step in _per_example(policy, qas, prompts, outputs, cfg.max_new_tokens):
+                step.totals, step.terms = _score(step, qas[i], i, t, reward, scored)
+                step.advantages = step_advantages(
+                    step.totals, [f.node_id for f in step.parents], psp=cfg.psp, scale=reward.scale_advantages
+                )
+                nodes = _record(tree, samples, policy, qas[i], i, t, step)
+                frontiers[i] = _next_frontier(nodes, step.parsed, step.parents, cfg, t, generator, train_step)
+                steps.append(step)
+    stats = _summary(tree, steps, num_prompts)
+    if engine is not None and stats:
+        stats.update(_engine_summary(before, engine, sum(qa.num_clips for qa in qas)))
+    return Rollout(tree, samples, stats)
 
 
 def _sample(policy, qas: list[VideoQA], t: int, prompts, cfg: RolloutConfig, generator):
@@ -169,8 +187,11 @@ def _sample(policy, qas: list[VideoQA], t: int, prompts, cfg: RolloutConfig, gen
     )
 
 
-def _per_example(policy, qas: list[VideoQA], prompts, outputs) -> Iterator[tuple[int, _Step]]:
-    """The clip's outputs regrouped by example (in batch order), parsed, memory lengths counted."""
+def _per_example(
+    policy, qas: list[VideoQA], prompts, outputs, max_new_tokens: int
+) -> Iterator[tuple[int, _Step]]:
+    """The clip's outputs regrouped by example (in batch order), parsed, memory lengths counted; an
+    output of ``max_new_tokens`` ids met no stop token (the engine strips the stop token)."""
     for i in dict.fromkeys(i for i, _ in prompts):
         rows = [(f, outs) for (j, f), outs in zip(prompts, outputs) if j == i]
         texts = [o for _, outs in rows for o, _ in outs]
@@ -179,6 +200,7 @@ def _per_example(policy, qas: list[VideoQA], prompts, outputs) -> Iterator[tuple
             parents=[f for f, outs in rows for _ in outs],
             texts=texts,
             token_ids=[ids for _, outs in rows for _, ids in outs],
+            truncated=[len(ids) >= max_new_tokens for _, outs in rows for _, ids in outs],
             parsed=parsed,
             memory_tokens=[policy.count_tokens(p.memory) if p.memory is not None else 0 for p in parsed],
         )
@@ -252,6 +274,7 @@ def _record(
                 step.advantages[k],
                 parent_id=f.node_id,
                 completion_ids=step.token_ids[k],
+                truncated=step.truncated[k],
             )
         )
     return nodes
@@ -271,6 +294,7 @@ def _summary(tree: RolloutTree, steps: list[_Step], num_prompts: int) -> dict[st
         "advantage/std": float(adv.std(unbiased=False)),
         "advantage/zero_fraction": float((adv == 0).double().mean()),
         "format_valid": sum(format_ok) / len(format_ok),
+        "truncated": sum(t for step in steps for t in step.truncated) / len(format_ok),
         "memory_tokens": sum(memory_tokens) / len(memory_tokens),
         "prompts": float(num_prompts),
         "samples": float(len(nodes)),
@@ -283,6 +307,18 @@ def _summary(tree: RolloutTree, steps: list[_Step], num_prompts: int) -> dict[st
     last = [n for n in nodes if n.clip_index == final_clip[n.example_index]]
     stats["final_answer_accuracy"] = sum(n.reward_terms.get("answer", 0.0) for n in last) / len(last)
     return stats
+
+
+def _engine_summary(before, after, clips: int) -> dict[str, float]:
+    """What the decode engine did over the rollout (``Policy.decode_stats``): the share of decode
+    row-steps finished samples no longer cost, and vision encodes per clip of the batch (at most 1:
+    every prompt row and continuation chain that shows a clip shares its one encode)."""
+    computed = after.row_steps - before.row_steps
+    saved = after.row_steps_saved - before.row_steps_saved
+    return {
+        "decode/row_steps_saved": saved / max(1, computed + saved),
+        "decode/vision_encodes_per_clip": (after.vision_encodes - before.vision_encodes) / max(1, clips),
+    }
 
 
 def _continuation_answers(

@@ -67,6 +67,8 @@ class PRPOModule(LightningModule):
             zero). With ``kl_coef > 0`` the KL term then acts on the updated samples only, which
             keeps the update at the cost of the run without KL plus one reference forward (the
             token-mean normaliser still counts every sample).
+        overlong_filter: Leave samples cut at ``max_new_tokens`` (no stop token) out of the update and
+            its normaliser (docs/method.md section 3, DECISION); False trains them as if they ended.
         shared_prefix_update: Run each prompt (and its clip through the vision tower) once per update
             micro-batch with its G sampled completions packed behind it (``Policy.group_hidden_states``),
             as the rollout prefilled it once; False: one full prompt + completion row per sample. Same
@@ -93,6 +95,7 @@ class PRPOModule(LightningModule):
         use_liger: bool = True,
         liger_chunk_size: int = 1,
         skip_zero_advantage: bool = True,
+        overlong_filter: bool = True,
         shared_prefix_update: bool = True,
         seed: int = 0,
         val_generation: dict | None = None,
@@ -115,6 +118,7 @@ class PRPOModule(LightningModule):
         self.use_liger = use_liger
         self.liger_chunk_size = liger_chunk_size
         self.skip_zero_advantage = skip_zero_advantage
+        self.overlong_filter = overlong_filter
         self.shared_prefix_update = shared_prefix_update
         self.seed = seed
         self.validation = LoopValidation(GenerationConfig(**(val_generation or {})), val_text_samples)
@@ -263,7 +267,7 @@ class PRPOModule(LightningModule):
         rollout = self.rollout(batch)
         t_rollout = time.perf_counter() - t0
 
-        samples = rollout.samples
+        samples = _ended_samples(rollout.samples, self.overlong_filter)
         tokens = [  # response tokens + <|im_end|>, the global token-mean's normaliser
             (
                 len(s.completion_ids)
@@ -367,6 +371,12 @@ def _trainable_parameters(policy: nn.Module) -> list[nn.Parameter]:
         if p.requires_grad:
             (vision if ".visual." in f".{name}." else rest).append(p)
     return rest + vision
+
+
+def _ended_samples(samples: list[RolloutSample], overlong_filter: bool) -> list[RolloutSample]:
+    """The samples the update and its normaliser see: all, or (``overlong_filter``) those that ended
+    with a stop token (one cut at ``max_new_tokens`` would be trained as if it had ended there)."""
+    return [s for s in samples if not (overlong_filter and s.truncated)]
 
 
 def _update_samples(samples: list[RolloutSample], skip_zero_advantage: bool) -> list[RolloutSample]:
