@@ -157,11 +157,13 @@ def gathered_for_generation(policy: nn.Module) -> Iterator[nn.Module]:
 def backward_sync(module, enabled: bool) -> Iterator[None]:
     """Reduce gradients over ranks in the backward passes inside (``enabled``), or only accumulate them.
 
-    Micro-batches of one optimizer step reduce once, in the last backward: under DDP the others run in
-    ``no_sync``; under FSDP2 they run with ``set_requires_gradient_sync(False)``, which skips their
-    reduce-scatter and accumulates the unsharded gradients instead (in the reduce dtype, fp32: the size
-    of the fp32 weights on every rank until the step's last backward; docs/performance.md). A no-op for
-    a single process.
+    Under DDP the micro-batches of one optimizer step reduce once, in the last backward (the others run
+    in ``no_sync``): DDP holds whole gradients on every rank anyway, so skipping a reduction costs
+    nothing. Under FSDP2 every backward reduce-scatters: skipping it would accumulate *unsharded* fp32
+    gradients on every rank until the step's last backward, the size of the fp32 weights (35 GB for the
+    8B, 8 or 16 GPUs alike), which takes the PRPO update from ~31 to ~66 GB per 80 GB GPU; one
+    reduce-scatter per micro-batch costs communication instead, overlapped with the backward
+    (docs/performance.md, "Gradient accumulation"). A no-op for a single process.
 
     Args:
         module: The LightningModule (its strategy's DDP wrapper, or its FSDP2-sharded ``policy``).
@@ -170,17 +172,9 @@ def backward_sync(module, enabled: bool) -> Iterator[None]:
     from torch.nn.parallel import DistributedDataParallel
 
     wrapped = module.trainer.strategy.model if module._trainer is not None else None
-    if enabled:
-        yield
-    elif isinstance(wrapped, DistributedDataParallel):
+    if not enabled and isinstance(wrapped, DistributedDataParallel):
         with wrapped.no_sync():
             yield
-    elif _fsdp2_modules(module.policy):
-        module.policy.set_requires_gradient_sync(False)
-        try:
-            yield
-        finally:
-            module.policy.set_requires_gradient_sync(True)
     else:
         yield
 
