@@ -115,6 +115,7 @@ def main(root: Path) -> None:
             "module.kl_coef=0.15",  # a reference policy, read under FSDP2 (its lm_head after its forward)
             "module.rollout.group_size=2",
             "module.rollout.max_new_tokens=8",
+            "module.overlong_filter=false",  # a random policy's samples are all cut at 8 tokens
             "module.val_generation.max_new_tokens=8",
             "module.micro_batch_size=4",
             f"callbacks.save_policy.dirpath={root}/prpo/policy",

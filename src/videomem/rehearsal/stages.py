@@ -247,7 +247,10 @@ class Rehearsal:
     def prpo(self, name: str, kl: float, steps: int, extra: list[str] = ()) -> Path:
         overrides = ["experiment=paper_prpo_tiny", f"init_from={self.out / 'runs' / 'sft' / 'policy'}",
                      f"module.kl_coef={kl}", f"trainer.max_steps={steps}",
-                     "callbacks.checkpoint.every_n_train_steps=2", *extra]  # fmt: skip
+                     "callbacks.checkpoint.every_n_train_steps=2",
+                     # 4 SFT steps teach the tiny policy no stop token: every sample runs to the budget,
+                     # and overlong filtering would leave nothing to update (weights trivially equal)
+                     "module.overlong_filter=false", *extra]  # fmt: skip
         return self.train("videomem.run_prpo", overrides, name, **({"kill": True} if name == "kill" else {}))
 
     def killed(self) -> str:
@@ -266,7 +269,10 @@ class Rehearsal:
         ckpt = self.out / "runs" / "kill" / "checkpoints" / "last.ckpt"
         run = self.prpo("resume", 0.15, 4, [f"ckpt_path={ckpt}"])
         same, n = equal_tensors(run / "policy", self.out / "runs" / "prpo_kl" / "policy")
-        if not same:
+        moved, _ = equal_tensors(run / "policy", self.out / "runs" / "sft" / "policy")
+        if moved == n:
+            raise StageFailed("PRPO left every tensor as the cold start's: nothing was updated")
+        if same != n:
             raise StageFailed(
                 f"resumed weights differ from the uninterrupted run's ({same}/{n} tensors equal)"
             )
