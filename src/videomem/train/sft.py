@@ -52,7 +52,9 @@ def sft_steps(
     if not qa.memories or len(qa.memories) != qa.num_clips:
         raise ValueError(f"question {qa.qid} of {qa.video_id} has no chain of memories for SFT")
     if qa.answer is None:
-        raise ValueError(f"question {qa.qid} of {qa.video_id} has no gold answer (letter or reference) for SFT")
+        raise ValueError(
+            f"question {qa.qid} of {qa.video_id} has no gold answer (letter or reference) for SFT"
+        )
     steps = list(range(qa.num_clips))
     if steps_per_question is not None and steps_per_question < qa.num_clips:
         steps = sorted((rng or random).sample(steps, steps_per_question))
