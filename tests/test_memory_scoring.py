@@ -12,7 +12,7 @@ def test_normalisation_is_squads():
 
 
 def test_rouge_parts_worked_numbers():
-    pred, ref = "red blue green".split(), "red green blue".split()
+    pred, ref = ["red", "blue", "green"], ["red", "green", "blue"]
     assert rouge_n(pred, ref, 1) == 1.0  # same words
     assert rouge_n(pred, ref, 2) == 0.0  # no bigram in common
     assert rouge_l(pred, ref) == pytest.approx(2 / 3)  # LCS "red blue": P = R = 2/3
