@@ -200,11 +200,17 @@ def run(cfg: DictConfig) -> dict | None:
     judge = hydra.utils.instantiate(cfg.judge) if cfg.get("judge") else None
     if judge is not None:  # once, on the merged records: each open-ended answer costs one request at most
         metrics["per_kind"]["open_judge"] = judge_records(records, judge)
+    official = None
+    if cfg.bench:
+        bench = BENCHMARKS[cfg.bench]
+        if judge is not None and hasattr(bench, "judge_generation"):  # MLVU's generation tasks: its rubric
+            bench.judge_generation(records, judge.endpoint)
+        official = bench.official_score(records)
     result = {
         **metrics,
         "skipped": skipped,
         "skipped_samples": skipped_samples,  # {"split", "key", "url", "reason"} each
-        "official": BENCHMARKS[cfg.bench].official_score(records) if cfg.bench else None,
+        "official": official,
         "judge": judge.take_stats() if judge is not None else None,
         "settings": {
             "ckpt": str(cfg.ckpt),
