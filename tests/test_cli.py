@@ -233,12 +233,15 @@ def test_eval_counts_and_lists_the_videos_it_skips(compose_cfg, tmp_path, policy
             tout.addfile(m, io.BytesIO(data))
     out = tmp_path / "r.json"
     result = run(eval_cfg(compose_cfg, policy_dir, bad, out))
-    assert result["skipped"] == 1 and result["n"] == 6  # 2 of 3 videos, 3 questions each
+    assert result["skipped"] == 1 and result["n"] == 8  # 2 of 3 videos, 4 questions each
     (skip,) = result["skipped_samples"]
     assert skip["key"] == broken.name.split(".")[0] and skip["split"] == "test" and skip["reason"]
     saved = json.loads(out.read_text())
     assert saved["skipped"] == 1 and saved["skipped_samples"] == [skip]
     assert "| skipped | 1 |" in out.with_suffix(".md").read_text()
+    assert saved["n_per_kind"] == {"mc": 6, "open": 2} and set(saved["per_kind"]) == {"mc", "open"}
+    page = out.with_suffix(".html").read_text()  # the report beside the JSON, the bad video's frames absent
+    assert page.count("<section class=q") == 8 and '"synth-test-000001": [[' in page
 
 
 def test_eval_of_a_missing_checkpoint_says_what_to_run(compose_cfg, tmp_path, shards) -> None:
