@@ -128,7 +128,9 @@ def test_mlvu_generation_tasks_score_by_the_judge_or_by_the_rule_beside_m_avg():
     gen += [_gen("v0", "summary", "man cooks", "a man cooks dinner")]
     s = mlvu.official_score(mc + gen)  # no judge: the rule only, no G-Avg
     assert s["m_avg"] == s["score"] == 0.5 and s["n"] == 2  # M-Avg over the multiple-choice tasks only
-    assert s["task/sub_scene/rule"] == pytest.approx(0.5) and s["task/summary/rule"] == pytest.approx((0.8 + 2 / 3 + 0.8) / 3)
+    assert s["task/sub_scene/rule"] == pytest.approx(0.5) and s["task/summary/rule"] == pytest.approx(
+        (0.8 + 2 / 3 + 0.8) / 3
+    )
     assert "g_avg" not in s and "task/summary" not in s
     for r, scores in zip(gen, ([5, 4], [1, 1], [3, 5])):
         r["mlvu_scores"] = scores

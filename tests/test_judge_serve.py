@@ -49,7 +49,9 @@ def verdict_model(verdict: str):
     for layer in model.model.layers:  # each layer adds nothing: the residual stream is the embedding
         torch.nn.init.zeros_(layer.self_attn.o_proj.weight)
         torch.nn.init.zeros_(layer.mlp.down_proj.weight)
-    text = tok.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False, add_generation_prompt=True)
+    text = tok.apply_chat_template(
+        [{"role": "user", "content": "x"}], tokenize=False, add_generation_prompt=True
+    )
     prompt = tok.encode(text, add_special_tokens=False)
     chain = [prompt[-1], *tok.encode(verdict, add_special_tokens=False), tok.convert_tokens_to_ids(EOS)]
     assert len(set(chain)) == len(chain), chain  # a bigram chain needs distinct tokens
