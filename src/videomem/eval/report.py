@@ -121,7 +121,8 @@ def _options(name: str, values: Sequence[str]) -> str:
 _STYLE = """body{font-family:sans-serif;max-width:1400px;margin:auto}table{border-collapse:collapse}
 td,th{border:1px solid #ccc;padding:3px;vertical-align:top}img{margin:1px}.gold{font-weight:bold}
 .right{color:#060}.partly{color:#a60}.wrong{color:#b00}section{border-top:2px solid #888;margin-top:1em}
-#filters{position:sticky;top:0;background:#fff;padding:6px 0}.memory{max-width:520px}"""
+#filters{position:sticky;top:0;background:#fff;padding:6px 0}.memory{max-width:520px}
+.options{list-style:none;padding-left:1em}"""
 
 _SCRIPT = """const frames = JSON.parse(document.getElementById('thumbs').textContent);
 for (const cell of document.querySelectorAll('td.frames')) {
@@ -148,14 +149,34 @@ apply();"""
 
 def render_report(records: list[dict], result: dict, frames: dict[str, list[list[str]]]) -> str:
     """The page (module docstring) for ``records``; ``result`` gives the summary figures."""
-    summary = {k: result[k] for k in ("n", "accuracy", "per_kind", "n_per_kind") if k in result}
+    rows = [
+        ("questions", result.get("n", len(records))),
+        ("accuracy (mean score of a_T)", result.get("accuracy")),
+    ]
+    names = {
+        "mc": "multiple-choice accuracy",
+        "open": "open-ended rule score",
+        "open_judge": "open-ended judge score",
+    }
+    counts = result.get("n_per_kind", {})
+    rows += [
+        (f"{names.get(k, k)} ({counts.get(k.split('_')[0], '?')} questions)", v)
+        for k, v in result.get("per_kind", {}).items()
+    ]
+    summary = "".join(
+        f"<tr><td>{_e(k)}</td><td>{v:.4f}</td></tr>"
+        if isinstance(v, float)
+        else f"<tr><td>{_e(k)}</td><td>{_e(v)}</td></tr>"
+        for k, v in rows
+        if v is not None
+    )
     kinds = sorted({r.get("kind", "mc") for r in records})
     categories = sorted({str(r.get("category", "")) for r in records})
     thumbs = json.dumps(frames).replace("</", "<\\/")  # no "</script>" inside the JSON
     return (
         "<!doctype html><html><head><meta charset=utf-8><title>videomem evaluation</title>"
         f"<style>{_STYLE}</style></head><body><h1>Evaluation: {len(records)} questions</h1>"
-        f"<pre id=summary>{_e(json.dumps(summary, indent=1))}</pre>"
+        f"<table id=summary>{summary}</table>"
         f"<div id=filters>{_options('kind', kinds)} {_options('category', categories)} "
         f"{_options('verdict', ['right', 'partly', 'wrong'])} showing <span id=shown>{len(records)}</span> "
         f"of {len(records)}</div>"
