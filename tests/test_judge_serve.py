@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from tests.test_memory_loop import make_qa
-from tests.test_rl_rollout import CountingPolicy
+from tests.test_rl_judge import OPEN, OpenPolicy
 from tests.test_teacher_serve import free_port
 from videomem.rl.judge import build_judge
 from videomem.rl.rewards import RewardConfig, answer_reward
@@ -117,7 +117,7 @@ def _judge(server, **kw):
 
 
 def _open(answer: str) -> str:
-    return f"<memory>first colours so far: red</memory><answer>{answer}</answer>"
+    return OPEN.format(answer)
 
 
 def test_verdicts_come_from_the_server_are_cached_and_failures_fall_back(judge_server):
@@ -140,23 +140,6 @@ def test_verdicts_come_from_the_server_are_cached_and_failures_fall_back(judge_s
     assert answer_reward(texts[:1], ["red blue"], num_options=0, judge=hasty) == pytest.approx([4 / 9])
     stats = hasty.take_stats()
     assert (stats["judge/errors"], stats["judge/fallbacks"]) == (1.0, 1.0) and hasty.endpoint.calls == 2
-
-
-class OpenPolicy(CountingPolicy):
-    """Scripted replies to an open-ended question (by clip and memory shown), as CountingPolicy does."""
-
-    SCRIPT = {
-        (0, ""): [_open("red"), "no tags at all"],
-        (1, "first colours so far: red"): [_open("red"), _open("red blue")],
-    }
-
-    def generate(self, inputs, *, num_samples=1, do_sample=False, **kw):
-        rows = []
-        for key in inputs.keys:
-            replies = self.SCRIPT[key]
-            picks = [replies[g % len(replies)] if do_sample else replies[0] for g in range(num_samples)]
-            rows.append([[self._id(text)] for text in picks])
-        return rows
 
 
 def test_a_psp_rollout_scores_open_ended_answers_through_the_judge_and_logs_it(judge_server):

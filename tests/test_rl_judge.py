@@ -11,11 +11,15 @@ import logging
 import socket
 
 import pytest
+import torch
 
+from tests.test_memory_loop import make_qa
+from tests.test_rl_rollout import CountingPolicy
 from videomem.rl.judge import DEFAULT_SCALE, Judge, build_judge, parse_verdict
-from videomem.rl.rewards import answer_reward, compute_rewards
+from videomem.rl.rewards import RewardConfig, answer_reward, compute_rewards
+from videomem.rl.rollout import RolloutConfig, prpo_rollout
 
-OPEN = "<memory>colours so far: red blue</memory><answer>{}</answer>"
+OPEN = "<memory>first colours so far: red</memory><answer>{}</answer>"
 PROMPT = "Question: {question}\nReference: {reference}\nAnswer: {prediction}"
 
 
@@ -131,3 +135,35 @@ def test_judge_group_builds_a_judge_for_prpo_and_eval(compose_cfg, monkeypatch, 
         assert compose_cfg(name).module.reward.judge is None
         module = hydra.utils.instantiate(cfg.module)
         assert isinstance(module.reward_cfg.judge, Judge)
+
+
+class OpenPolicy(CountingPolicy):
+    """Scripted replies to an open-ended question (by clip and memory shown), as CountingPolicy does."""
+
+    SCRIPT = {
+        (0, ""): [OPEN.format("red"), "no tags at all"],
+        (1, "first colours so far: red"): [OPEN.format("red"), OPEN.format("red blue")],
+    }
+
+    def generate(self, inputs, *, num_samples=1, do_sample=False, **kw):
+        rows = []
+        for key in inputs.keys:
+            replies = self.SCRIPT[key]
+            picks = [replies[g % len(replies)] if do_sample else replies[0] for g in range(num_samples)]
+            rows.append([[self._id(text)] for text in picks])
+        return rows
+
+
+def test_psp_carries_an_open_ended_memory_and_tcr_scores_it_by_the_rule():
+    qa = make_qa(0, 2)
+    qa.options, qa.answer = [], "red blue"  # open-ended
+    rollout = prpo_rollout(
+        OpenPolicy(), [qa], RolloutConfig(group_size=2), RewardConfig(), generator=torch.Generator()
+    )
+    nodes = rollout.tree.nodes
+    assert [n.reward_terms["answer"] for n in nodes] == pytest.approx([4 / 9, 0.0, 4 / 9, 1.0])  # the rule
+    assert [n.reward_terms["format"] for n in nodes] == [1.0, 0.0, 1.0, 1.0]
+    first = [n for n in rollout.tree.nodes if n.clip_index == 0]
+    assert first[0].selected and not first[1].selected  # the only format-valid sample is carried on
+    assert [n.memory_in for n in rollout.tree.nodes if n.clip_index == 1] == ["first colours so far: red"] * 2
+    assert not any(k.startswith("judge/") for k in rollout.stats)
