@@ -391,17 +391,3 @@ def test_memories_config_composes(compose_cfg, teacher):
     assert set(cfg.prompts) == set(Prompts.__dataclass_fields__)
     mixed = compose_cfg("memories", ["teacher=openai", "teacher/captioner=tiny", "shards=in", "out=out"])
     assert mixed.teacher.captioner._target_ == "videomem.teacher.local.build_captioner"
-
-
-def test_teacher_prompts_for_both_kinds_name_what_the_memory_must_keep():
-    from videomem.teacher.chain import OPEN_ENDED_OPTIONS, caption_messages, writer_messages
-
-    prompts = Prompts("s", "{question} | {options}", "w", "{question} | {options} | {memory} | {description}")
-    mc, open_ = qa("q1", 2), qa("q2", 2)
-    open_.options, open_.answer = [], "a red car"
-    assert caption_messages(prompts, mc, 0, [])[-1]["content"] == "question q1? | A. x\nB. y"
-    assert caption_messages(prompts, open_, 0, [])[-1]["content"] == f"question q2? | {OPEN_ENDED_OPTIONS}"
-    assert writer_messages(prompts, open_, 1, "m", "d")[-1]["content"].endswith(
-        f"{OPEN_ENDED_OPTIONS} | m | d"
-    )
-    assert "Answer in your own words" not in OPEN_ENDED_OPTIONS  # the policy's request, not the teacher's
