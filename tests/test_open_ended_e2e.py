@@ -43,7 +43,7 @@ def test_mixed_kinds_through_make_sft_prpo_and_eval(tmp_path, judge_server):  # 
     make("sft", tmp_path, f"ARGS={common}")
     assert (tmp_path / "logs" / "sft" / "latest" / "config.json").exists()
     make("prpo", tmp_path, f"ARGS={common} data.epoch_length=2 module.rollout.group_size=2 "
-         f"module.rollout.max_new_tokens=16 module.val_generation.max_new_tokens=16 trainer.log_every_n_steps=1 {judge}")  # fmt: skip
+         f"decode.rollout.max_new_tokens=16 decode.eval.max_new_tokens=16 trainer.log_every_n_steps=1 {judge}")  # fmt: skip
     scalars = read_scalars(tmp_path / "logs" / "prpo" / "runs")
     assert {"rollout/judge/requests", "rollout/judge/fallbacks", "rollout/reward/answer"} <= set(scalars)
     assert {"val/per_kind/mc", "val/per_kind/open"} <= set(scalars)
@@ -53,7 +53,7 @@ def test_mixed_kinds_through_make_sft_prpo_and_eval(tmp_path, judge_server):  # 
         tmp_path,
         f"CKPT={tmp_path}/logs/prpo/latest",
         f"OUT={out}",
-        f"ARGS={judge} generation.max_new_tokens=16",
+        f"ARGS={judge} decode.eval.max_new_tokens=16",
     )
     result = json.loads(out.read_text())
     assert result["n_per_kind"] == {"mc": 9, "open": 3}
