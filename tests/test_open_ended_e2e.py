@@ -39,11 +39,13 @@ def test_mixed_kinds_through_make_sft_prpo_and_eval(tmp_path, judge_server):  # 
     )
     assert set(stats["test"]["families"]) == {"count", "first", "shape", "order"}
     judge = f"judge=openai judge.base_url={url} judge.model={model} judge.timeout=60"
+    # 24 tokens hold the longest step (an `order` memory and answer: 18, tests/test_configs.py) and cap
+    # a barely trained policy's rambling below decode/tiny.yaml's 40 / 48
     common = "num_threads=1 data.batch_size=2 data.val_limit=8 data.num_workers=0 trainer.max_steps=2"
     make("sft", tmp_path, f"ARGS={common}")
     assert (tmp_path / "logs" / "sft" / "latest" / "config.json").exists()
     make("prpo", tmp_path, f"ARGS={common} data.epoch_length=2 module.rollout.group_size=2 "
-         f"decode.rollout.max_new_tokens=16 decode.eval.max_new_tokens=16 trainer.log_every_n_steps=1 {judge}")  # fmt: skip
+         f"decode.rollout.max_new_tokens=24 decode.eval.max_new_tokens=24 trainer.log_every_n_steps=1 {judge}")  # fmt: skip
     scalars = read_scalars(tmp_path / "logs" / "prpo" / "runs")
     assert {"rollout/judge/requests", "rollout/judge/fallbacks", "rollout/reward/answer"} <= set(scalars)
     assert {"val/per_kind/mc", "val/per_kind/open"} <= set(scalars)
@@ -53,7 +55,7 @@ def test_mixed_kinds_through_make_sft_prpo_and_eval(tmp_path, judge_server):  # 
         tmp_path,
         f"CKPT={tmp_path}/logs/prpo/latest",
         f"OUT={out}",
-        f"ARGS={judge} decode.eval.max_new_tokens=16",
+        f"ARGS={judge} decode.eval.max_new_tokens=24",
     )
     result = json.loads(out.read_text())
     assert result["n_per_kind"] == {"mc": 9, "open": 3}
