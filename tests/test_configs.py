@@ -89,6 +89,28 @@ def test_one_decode_group_sets_rollout_validation_and_eval(
     assert decode.eval.do_sample is False
 
 
+def test_the_tiny_decode_budgets_hold_the_longest_synthetic_step(compose_cfg) -> None:
+    """The open-ended ``order`` step is the longest the tiny default trains on: its memory and answer
+    name every clip's colour. A step cut at the budget is filtered out of the update (overlong
+    filtering) and loses its answer in evaluation, so even the worst case must fit (18 tokens)."""
+    from videomem.data.shapes import COLOURS
+    from videomem.data.synthetic import SynthConfig
+    from videomem.data.synthetic_text import oracle_memories, reference_from_memory
+    from videomem.memory.prompt import format_target
+    from videomem.model.policy import build_policy
+
+    policy = build_policy("qwen2_5_vl")
+    longest = 0
+    for colour in COLOURS:
+        clips = [[{"colour": colour, "shape": "circle", "onset": 0}]] * SynthConfig().num_clips
+        memory = oracle_memories("order", clips, None)[-1]
+        step = format_target(memory, reference_from_memory(memory))
+        longest = max(longest, policy.count_tokens(step) + 1)  # + the end of turn
+    decode = compose_cfg("prpo").decode
+    assert longest == 18  # the figure decode/tiny.yaml states
+    assert longest <= min(decode.eval.max_new_tokens, decode.rollout.max_new_tokens)
+
+
 def test_make_eval_decodes_with_the_group_it_is_given(compose_cfg) -> None:
     assert dict(compose_cfg("eval").decode.eval) == {"max_new_tokens": 48, "do_sample": False}
     assert compose_cfg("eval", ["decode=paper"]).decode.eval.max_new_tokens == 1280

@@ -20,6 +20,7 @@ from videomem.data.shards import (
 )
 from videomem.data.skips import SkipLog
 from videomem.data.synthetic import generate_dataset
+from videomem.data.synthetic_text import MC_FAMILIES
 from videomem.data.train_stream import TrainStream, index_videos, keeps
 from videomem.data.types import VideoQA
 
@@ -28,7 +29,15 @@ from videomem.data.types import VideoQA
 def shards(tmp_path_factory):
     """train: 12 videos in 3 shards; val: 6 videos in 1 shard (fewer shards than workers)."""
     root = tmp_path_factory.mktemp("dm")
-    generate_dataset(root, splits={"train": 12, "val": 6}, num_clips=2, seed=0, workers=1, max_per_shard=4)
+    generate_dataset(  # the three multiple-choice families: the counts below are 3 questions per video
+        root,
+        splits={"train": 12, "val": 6},
+        num_clips=2,
+        seed=0,
+        workers=1,
+        max_per_shard=4,
+        families=MC_FAMILIES,
+    )
     return root
 
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 from omegaconf import ListConfig
 
 from videomem.data.shards import (
+    SCHEMA_VERSION,
     ShardFormatError,
     VideoSample,
     clip_fields,
@@ -14,6 +18,7 @@ from videomem.data.shards import (
     iter_samples,
     iter_shard_videoqa,
     sample_to_videoqa,
+    validate_question,
     write_shards,
 )
 from videomem.data.video import VideoDecodeError, encode_mp4
@@ -129,3 +134,68 @@ def test_expand_shards_directory_glob_brace_list(tmp_path):
     assert len(expand_shards(ListConfig([d, f"{d}/other-*.tar"]))) == 4  # what Hydra passes
     with pytest.raises(ValueError):
         expand_shards(f"{d}/nothing-*.tar")
+
+
+FIXTURES = Path(__file__).parent / "fixtures" / "shards"
+
+
+def _open_question(**over) -> dict:
+    q = {"qid": "o1", "question": "Which greys, in order?", "kind": "open", "answer": "dark light"}
+    return {**q, "category": "order", **over}
+
+
+def test_open_ended_question_round_trip_and_every_question_stamped_with_its_kind(tmp_path):
+    video = _video(0, num_clips=2)
+    video.meta["questions"].append(_open_question(options=[]))
+    video.meta["questions"].append(_open_question(qid="o2", answer=None))  # no options key, unlabelled
+    write_shards([video], tmp_path)
+    meta = json.loads(next(iter(iter_samples(str(tmp_path))))["json"])
+    assert meta["schema"] == SCHEMA_VERSION == 2
+    assert [q["kind"] for q in meta["questions"]] == ["mc", "mc", "open", "open"]
+    qas = list(iter_shard_videoqa(str(tmp_path), frames_per_clip=2, frame_size=None, backend="pyav"))
+    assert [(q.qid, q.kind, q.options, q.answer) for q in qas[2:]] == [
+        ("o1", "open", [], "dark light"),
+        ("o2", "open", [], None),
+    ]
+    assert qas[0].kind == "mc" and "kind" not in qas[2].meta
+
+
+@pytest.mark.parametrize(
+    "question, error",
+    [
+        (_open_question(options=["a", "b"]), "has no options"),
+        (_open_question(answer="  "), "non-empty string"),
+        (_open_question(answer=3), "non-empty string"),
+        (_open_question(kind="free"), "kind 'free'"),
+        ({**_open_question(), "kind": "mc"}, "lacks \\['options'\\]"),
+        ({**_open_question(options=[]), "kind": "mc"}, "0 options.*says kind: open"),
+    ],
+)
+def test_bad_kinds_are_one_line_errors(question, error):
+    with pytest.raises(ShardFormatError, match=error):
+        validate_question(question, num_clips=2)
+
+
+def test_a_shard_written_before_open_ended_questions_still_reads():
+    """tests/fixtures/shards/schema1-000000.tar was written by the schema-1 writer (no ``kind``)."""
+    raw = next(iter(iter_samples(str(FIXTURES / "schema1-000000.tar"))))
+    meta = json.loads(raw["json"])
+    assert meta["schema"] == 1 and "kind" not in meta["questions"][0]
+    (qa,) = iter_shard_videoqa(str(FIXTURES), frames_per_clip=2, frame_size=None, skip_corrupt=False)
+    assert (qa.kind, qa.options, qa.answer, qa.memories) == (
+        "mc",
+        ["dark", "light"],
+        "B",
+        ["dark seen", "dark then light"],
+    )
+    assert qa.meta == {"source": "test", "duration": 4.0}
+
+
+def test_an_unknown_schema_version_is_refused_whole(tmp_path):
+    video = _video(0, num_clips=1)
+    video.meta["schema"] = 3  # the writer writes its own version whatever the meta says ...
+    write_shards([video], tmp_path)
+    assert json.loads(next(iter(iter_samples(str(tmp_path))))["json"])["schema"] == SCHEMA_VERSION
+    sample = {"__key__": "k", "json": json.dumps({**video.meta, "video_id": "v"}), "000.mp4": b""}
+    with pytest.raises(ShardFormatError, match="unsupported schema 3"):  # ... and a reader refuses others
+        sample_to_videoqa(sample, frames_per_clip=2, frame_size=None)

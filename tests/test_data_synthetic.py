@@ -9,13 +9,12 @@ import pytest
 
 from videomem.data.shapes import BACKGROUND, COLOURS, SHAPES
 from videomem.data.shards import iter_samples, read_meta, sample_to_videoqa
-from videomem.data.synthetic import (
+from videomem.data.synthetic import SynthConfig, generate_dataset, main
+from videomem.data.synthetic_text import (
     COUNT_OPTIONS,
-    SynthConfig,
     answer_from_memory,
-    generate_dataset,
-    main,
     oracle_memories,
+    reference_from_memory,
     tokenizer_corpus,
 )
 
@@ -60,6 +59,15 @@ def test_oracle_memories_hand_checked():
     assert answer_from_memory("red objects so far: 0", list(COUNT_OPTIONS)) is None
     assert answer_from_memory("first object: blue", ["red", "green", "blue", "white"]) == "C"
     assert answer_from_memory("green object: not seen yet", list(SHAPES)) is None
+    # order: the first object of each clip with objects, repeats kept
+    assert oracle_memories("order", clips, None) == [
+        "nothing seen yet",
+        "first colours so far: blue",
+        "first colours so far: blue green",
+        "first colours so far: blue green red",
+    ]
+    assert reference_from_memory("first colours so far: blue green red") == "blue green red"
+    assert reference_from_memory("nothing seen yet") is None
     # the last clip alone says "2" for red: it cannot answer a gold count of... 2? it can; of 3 it cannot
     assert answer_from_memory(oracle_memories("count", clips[-1:], "red")[-1], list(COUNT_OPTIONS)) == "A"
 
@@ -67,7 +75,7 @@ def test_oracle_memories_hand_checked():
 def test_letters_balanced_options_canonical_last_clip_rare(dataset):
     root, stats = dataset
     metas = _metas(root, "train")
-    assert len(metas) == 40 and stats["train"]["num_questions"] == 120
+    assert len(metas) == 40 and stats["train"]["num_questions"] == 160
     for fam in ("count", "first", "shape"):
         qs = [q for m in metas for q in m["questions"] if q["category"] == fam]
         assert sorted(q["answer"] for q in qs) == sorted("ABCD" * 10)  # exactly balanced
@@ -90,11 +98,18 @@ def test_memories_follow_objects_and_last_clip_flag(dataset):
         for q in m["questions"]:
             mem = oracle_memories(q["category"], clips, q["target"])
             assert q["memories"] == mem and len(mem) == 4 and all(len(x.split()) <= 12 for x in mem)
-            assert answer_from_memory(mem[-1], q["options"]) == q["answer"]
-            alone = answer_from_memory(
-                oracle_memories(q["category"], clips[-1:], q["target"])[-1], q["options"]
+            read = (
+                reference_from_memory
+                if q["kind"] == "open"
+                else lambda x, o=q["options"]: answer_from_memory(x, o)
             )
+            assert read(mem[-1]) == q["answer"]
+            alone = read(oracle_memories(q["category"], clips[-1:], q["target"])[-1])
             assert q["last_clip_answerable"] == (alone == q["answer"])
+            if q["category"] == "order":  # each clip's frame-0 object, in clip order
+                firsts = [o["colour"] for t in range(4) for o in clips[t] if o["onset"] == 0]
+                assert q["kind"] == "open" and q["options"] == [] and q["answer"] == " ".join(firsts)
+                assert not q["last_clip_answerable"]
             if q["category"] == "shape":
                 assert sum(o["colour"] == q["target"] for o in m["objects"]) == 1
 
@@ -139,7 +154,7 @@ def test_any_number_of_clips(num_clips, tmp_path):
     assert all(len(m["clips"]) == num_clips for m in metas)
     assert all(len(q["memories"]) == num_clips for m in metas for q in m["questions"])
     fracs = [f["last_clip_only"] for f in stats["val"]["families"].values()]
-    assert fracs == [1.0] * 3 if num_clips == 1 else max(fracs) <= 0.30  # T = 1: the last clip is the video
+    assert fracs == [1.0] * 4 if num_clips == 1 else max(fracs) <= 0.30  # T = 1: the last clip is the video
 
 
 def test_shuffled_options_stay_balanced(tmp_path):
@@ -156,9 +171,10 @@ def test_tokenizer_corpus_covers_every_emitted_word(dataset):
     for m in _metas(root, "train"):
         for q in m["questions"]:
             words = q["question"].split() + [w for o in q["options"] for w in o.split()]
+            words += q["answer"].split() if q["kind"] == "open" else []  # mc: a letter
             words += [w for mem in q["memories"] for w in mem.split()]
             assert set(words) <= vocab
-    assert len(vocab) < 60  # a small fixed vocabulary
+    assert len(vocab) < 70  # a small fixed vocabulary
 
 
 def test_cli_and_config_validation(tmp_path, capsys):
@@ -180,7 +196,7 @@ def test_cli_and_config_validation(tmp_path, capsys):
             "3",
         ]
     )
-    assert set(stats) == {"train"} and "train: 4 videos, 12 questions" in capsys.readouterr().out
+    assert set(stats) == {"train"} and "train: 4 videos, 16 questions" in capsys.readouterr().out
     assert json.loads((tmp_path / "train" / "stats.json").read_text())["config"]["size"] == 48
     with pytest.raises(ValueError):
         SynthConfig(size=63)
@@ -201,3 +217,14 @@ def test_counted_objects_spread_over_clips(spread, tmp_path):
         if sum(per_clip) <= clips_left:
             shared += max(per_clip) > 1
     assert (shared == 0) if spread else shared > 0
+
+
+def test_the_open_ended_family_leaves_the_multiple_choice_videos_unchanged(dataset, tmp_path):
+    root, _ = dataset
+    generate_dataset(tmp_path, splits={"test": 8}, seed=3, workers=1, families=("count", "first", "shape"))
+    without, with_order = _metas(tmp_path, "test"), _metas(root, "test")
+    assert [m["objects"] for m in without] == [m["objects"] for m in with_order]
+    assert [m["questions"] for m in without] == [
+        [q for q in m["questions"] if q["kind"] == "mc"] for m in with_order
+    ]
+    assert all([q["category"] for q in m["questions"]][-1] == "order" for m in with_order)

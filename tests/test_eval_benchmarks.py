@@ -90,7 +90,15 @@ def test_lvbench_splits_embedded_options_and_keeps_question_type_list():
 def test_mlvu_maps_answer_text_to_letter_and_keeps_unanswerable_needle(tmp_path):
     videos = mlvu.read_annotations(FIX / "mlvu")  # the dataset root holding json/
     q = _questions(videos)
-    assert sorted(q) == ["count_0", "needle_0", "needle_1", "plotQA_0", "plotQA_1"]  # summary task not read
+    assert sorted(q) == [
+        "count_0",
+        "needle_0",
+        "needle_1",
+        "plotQA_0",
+        "plotQA_1",
+        "sub_scene_0",
+        "summary_0",
+    ]
     assert q["plotQA_0"]["answer"] == "B" and q["plotQA_1"]["answer"] == "C"
     assert q["needle_0"]["answer"] == "C"
     assert q["needle_1"]["answer"] is None  # "A rabbit" is no candidate: unanswerable
@@ -99,6 +107,68 @@ def test_mlvu_maps_answer_text_to_letter_and_keeps_unanswerable_needle(tmp_path)
     assert q["plotQA_0"]["duration"] == 246.0
     plot = next(v for v in videos if v.video_name == "movie101_66")
     assert plot.video_id == "1_plotQA-movie101_66" and plot.subdir == "1_plotQA" and len(plot.questions) == 2
+    # the generation tasks: open-ended, the reference answer as text, scoring points kept as text
+    summary, scene = q["summary_0"], q["sub_scene_0"]
+    assert (summary["kind"], summary["options"], summary["answer"]) == ("open", [], "A man cooks dinner.")
+    assert (
+        scene["task"] == "sub_scene"
+        and scene["scoring_points"] == "The hero lifts a rug\nA brass key is under it"
+    )
+    assert [v.video_id for v in videos if v.subdir == "9_summary"] == ["9_summary-summary_1"]
+
+
+def _gen(qid, task, pred, answer, scores=None) -> dict:
+    rec = _rec(qid, pred, answer, task=task, kind="open", question="Describe it.", scoring_points="points")
+    return {**rec, "mlvu_scores": scores} if scores is not None else rec
+
+
+def test_mlvu_generation_tasks_score_by_the_judge_or_by_the_rule_beside_m_avg():
+    mc = [_rec("p0", "A", "A", task="plotQA"), _rec("p1", "B", "A", task="plotQA")]
+    gen = [_gen("s0", "sub_scene", "a red key", "a red key"), _gen("s1", "sub_scene", None, "a key")]
+    gen += [_gen("v0", "summary", "man cooks", "a man cooks dinner")]
+    s = mlvu.official_score(mc + gen)  # no judge: the rule only, no G-Avg
+    assert s["m_avg"] == s["score"] == 0.5 and s["n"] == 2  # M-Avg over the multiple-choice tasks only
+    assert s["task/sub_scene/rule"] == pytest.approx(0.5) and s["task/summary/rule"] == pytest.approx(
+        (0.8 + 2 / 3 + 0.8) / 3
+    )
+    assert "g_avg" not in s and "task/summary" not in s
+    for r, scores in zip(gen, ([5, 4], [1, 1], [3, 5])):
+        r["mlvu_scores"] = scores
+    s = mlvu.official_score(mc + gen)
+    assert s["task/sub_scene"] == pytest.approx(3 + 2.5) and s["task/sub_scene/score_accuracy"] == 3
+    assert s["task/summary"] == 8 and s["g_avg"] == pytest.approx((5.5 + 8) / 2)
+    with pytest.raises(ValueError, match="open-ended pred"):
+        mlvu.official_score([_gen("x", "summary", 3, "a")])
+
+
+@pytest.mark.parametrize(
+    ("task", "reply", "scores"),
+    [
+        (
+            "sub_scene",
+            "Point 1 is met... {'score_accuracy': 4, 'score_relevance': 5, 'total_score': 9}",
+            [4, 5],
+        ),
+        (
+            "summary",
+            'Fine. {"score_completeness": 2.5, "score_reliability": 3, "total_score": 5.5}',
+            [2.5, 3],
+        ),
+        ("summary", "{'score_completeness': 3}", [3, 0]),  # a missing score counts 0, as in MLVU's tally
+        ("sub_scene", "I cannot grade this.", [0, 0]),
+    ],
+)
+def test_mlvu_judge_replies_parse_to_their_two_scores(task, reply, scores):
+    assert mlvu.parse_judge_scores(task, reply) == scores
+
+
+def test_mlvu_judge_requests_carry_the_rubric_the_points_and_the_answer():
+    scene = mlvu.judge_messages(_gen("s", "sub_scene", None, "a key"))
+    assert "score_accuracy" in scene[0]["content"] and scene[1]["content"].endswith(
+        "Scoring points: points\nAnswer: "
+    )
+    summary = mlvu.judge_messages(_gen("v", "summary", "he cooks", "a man cooks"))
+    assert summary[1]["content"] == "Standard summary: a man cooks\nSummary to grade: he cooks"
 
 
 def test_longvideobench_int_answers_with_five_candidates():

@@ -17,6 +17,6 @@ def test_clip_sweep_generates_each_T_and_reports_it(tmp_path) -> None:
     assert sorted(results) == [1, 3]
     assert (tmp_path / "T1" / "test").is_dir() and (tmp_path / "T3" / "test").is_dir()
     assert len(results[1]["seg_accuracy"]) == 1 and len(results[3]["seg_accuracy"]) == 3
-    assert results[3]["n"] == 6  # 2 videos x 3 families
+    assert results[3]["n"] == 8  # 2 videos x 4 families
     table = markdown(results)
-    assert table.splitlines()[2].startswith("| 1 | 6 |") and table.splitlines()[3].startswith("| 3 | 6 |")
+    assert table.splitlines()[2].startswith("| 1 | 8 |") and table.splitlines()[3].startswith("| 3 | 8 |")

@@ -102,7 +102,7 @@ def test_ranks_give_the_json_of_one_process(setup, single, tmp_path, nodes, per_
     one = single(limit)
     torchrun(nodes, per_node, eval_args(setup, tmp_path, f"limit={limit}"))
     ranks = json.loads((tmp_path / "eval.json").read_text())
-    assert one["json"]["n"] == (12 if limit == "null" else 5)
+    assert one["json"]["n"] == (16 if limit == "null" else 5)  # 4 videos x (3 multiple-choice + 1 open-ended)
     assert [r["qid"] for r in ranks["records"]] == [r["qid"] for r in one["json"]["records"]]
     assert ranks == one["json"]  # records, metrics, skips and settings
     assert (tmp_path / "eval.md").read_text() == (one["dir"] / "eval.md").read_text()

@@ -70,7 +70,7 @@ def test_import_skips_missing_and_corrupt_and_shards_read_back(videos_dir, tmp_p
     with tarfile.open(summary["shards"][1]) as tar:
         assert sorted(tar.getnames()) == ["vidgood1.000.mp4", "vidgood1.001.mp4", "vidgood1.json"]
         meta = json.loads(tar.extractfile("vidgood1.json").read())
-    assert meta["source"] == "videomme" and meta["schema"] == 1 and len(meta["clips"]) == 2
+    assert meta["source"] == "videomme" and meta["schema"] == 2 and len(meta["clips"]) == 2
     assert meta["duration"] == pytest.approx(2.0, abs=0.2)
     qas = list(shards.iter_shard_videoqa(str(out), frames_per_clip=3, frame_size=None, backend="pyav"))
     assert [qa.qid for qa in qas] == ["002-1", "001-1", "001-2"]

@@ -41,6 +41,7 @@ def _check_worked_numbers(out: dict) -> None:
     assert out["parse_failure_rate"] == pytest.approx(1 / 3)
     assert out["format_valid_rate"] == pytest.approx(7 / 9)
     assert out["mean_memory_tokens"] == pytest.approx(105 / 9)
+    assert out["per_kind"] == pytest.approx({"mc": 2 / 3}) and out["n_per_kind"] == {"mc": 3}
 
 
 @pytest.mark.parametrize("categories", [["x", "y", "z"], None])
@@ -192,3 +193,43 @@ def test_result_text_shows_each_clip_answer_and_memory():
         "- clip 1: answer=B format_ok=True memory: `one`",
         "- clip 2: answer=None format_ok=False memory: `one`",
     ]
+
+
+def test_open_ended_questions_score_by_the_rule_and_report_per_kind():
+    m = MemoryQAMetrics(num_clips=3)
+    m.update(**BATCH1, num_options=[4, 4])
+    # q4 open-ended, reference "red blue": a = "red", "red blue", "blue red" -> 4/9, 1, 1/2
+    m.update(
+        step_answers=[["red", "red blue", "blue red"]],
+        gold=["red blue"],
+        categories=[["order"]],
+        format_ok=[[True, True, True]],
+        memory_tokens=[[1, 2, 3]],
+        num_options=[0],
+    )
+    out = m.compute()
+    assert out["per_kind"] == pytest.approx({"mc": 1 / 2, "open": 1 / 2})
+    assert out["n_per_kind"] == {"mc": 2, "open": 1}
+    assert out["accuracy"] == pytest.approx((1 + 0 + 0.5) / 3)
+    assert out["seg_accuracy"] == pytest.approx([(0 + 1 + 4 / 9) / 3, (1 + 1 + 1) / 3, 1.5 / 3])
+    assert out["per_category"]["order"] == pytest.approx(0.5)
+    assert flatten_metrics({"per_kind": out["per_kind"]}, "eval") == pytest.approx(
+        {"eval/per_kind/mc": 0.5, "eval/per_kind/open": 0.5}
+    )
+
+
+def test_judge_records_scores_the_open_ended_records_only():
+    from tests.test_rl_judge import PROMPT, Replies
+    from videomem.eval.metrics import judge_records
+    from videomem.rl.judge import Judge
+
+    records = [
+        {"kind": "open", "question": "Q", "answer": "red blue", "pred": "red blue"},
+        {"kind": "open", "question": "Q", "answer": "red blue", "pred": "red"},  # judge down: rule 4/9
+        {"kind": "open", "question": "Q", "answer": "red blue", "pred": None},  # unparsable: 0, no request
+        {"kind": "mc", "question": "Q", "answer": "A", "pred": "A"},
+    ]
+    endpoint = Replies({"red blue": "correct"})
+    assert judge_records(records, Judge(endpoint, "", PROMPT)) == pytest.approx((1 + 4 / 9 + 0) / 3)
+    assert [r.get("judge_score") for r in records] == pytest.approx([1.0, 4 / 9, 0.0, None])
+    assert len(endpoint.sent) == 2

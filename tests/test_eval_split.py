@@ -16,6 +16,7 @@ from tests.test_faults import build_corpus
 from videomem.data.datamodule import EvalStream
 from videomem.data.shards import VideoQADecoder, expand_shards
 from videomem.data.synthetic import generate_dataset
+from videomem.data.synthetic_text import MC_FAMILIES
 from videomem.run_eval import chunk_batches, merge_skips
 
 
@@ -23,8 +24,9 @@ from videomem.run_eval import chunk_batches, merge_skips
 def layouts(tmp_path_factory) -> dict[str, list[str]]:
     """The same 7 videos (21 questions) as 4 shards of <= 2 videos and as one shard."""
     root = tmp_path_factory.mktemp("split")
-    generate_dataset(root / "four", splits={"test": 7}, num_clips=2, seed=0, workers=1, max_per_shard=2)
-    generate_dataset(root / "one", splits={"test": 7}, num_clips=2, seed=0, workers=1, max_per_shard=8)
+    kw = {"num_clips": 2, "seed": 0, "workers": 1, "families": MC_FAMILIES}  # 3 questions per video: 21
+    generate_dataset(root / "four", splits={"test": 7}, max_per_shard=2, **kw)
+    generate_dataset(root / "one", splits={"test": 7}, max_per_shard=8, **kw)
     return {name: expand_shards(str(root / name / "test")) for name in ("four", "one")}
 
 

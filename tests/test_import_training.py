@@ -154,16 +154,75 @@ def test_read_llava_turns_and_skips(tmp_path):
     problems = []
     videos = list(iter_llava(ann, problems.append))
     assert [v.file for v in videos] == ["youtube/b.mp4", "a.mp4"]
-    jacket, bikes = videos[0].questions
-    assert (jacket["qid"], jacket["question"], jacket["answer"]) == (
+    jacket, caption, bikes = videos[0].questions
+    assert (jacket["qid"], jacket["question"], jacket["answer"], jacket["kind"]) == (
         "v1#0",
         "What colour is the jacket?",
         "D",
+        "mc",
     )
     assert jacket["options"] == ["Red", "Blue", "Green", "Light pink"] and jacket["category"] == "youtube"
+    # a turn without lettered options: an open-ended question, the gpt turn its reference answer
+    assert (caption["qid"], caption["kind"], caption["question"], caption["options"], caption["answer"]) == (
+        "v1#1",
+        "open",
+        "Describe the video.",
+        [],
+        "Bikes ride past.",
+    )
     assert (bikes["qid"], bikes["options"], bikes["answer"]) == ("v1#2", ["one", "two", "many"], "B")
     assert videos[1].questions[0]["answer"] == "A"
-    assert [(p["record"], p["field"]) for p in problems] == [("v1", "no_options"), ("v3", "conversations")]
+    assert [(p["record"], p["field"]) for p in problems] == [("v3", "conversations")]
+
+
+def test_jsonl_rows_without_options_are_open_ended(tmp_path):
+    rows = [
+        {"video": "a.mp4", "question": "What does the man say?", "answer": " hello there ", "id": "o1"},
+        {"video": "a.mp4", "question": "How many cars?", "answer": 3, "id": "o2"},
+        {"video": "a.mp4", "question": "Said what?", "answer": "  "},
+        {"video": "a.mp4", "question": "Which?", "answer": True},
+        {"video": "a.mp4", "question": "Which?"},
+    ]
+    problems = []
+    items = list(iter_jsonl(write_jsonl(tmp_path / "o.jsonl", rows, ()), 2, problems.append))
+    assert [(q["qid"], q["kind"], q["options"], q["answer"]) for it in items for q in it.questions] == [
+        ("o1", "open", [], "hello there"),
+        ("o2", "open", [], "3"),
+    ]
+    assert [(p["line"], p["field"]) for p in problems] == [(3, "answer"), (4, "answer"), (5, "answer")]
+    assert "reference answer" in problems[2]["error"]
+
+
+def test_videomarathon_question_type_decides_the_kind(tmp_path):
+    record = {
+        "id": "vm",
+        "video": "a.mp4",
+        "question_type": ["temporal/event/oe", "spatial/object/mc", "summary/mc", "x/y"],
+        "conversations": [
+            {"from": "human", "value": "What happens next?\nA) nothing is listed here"},  # oe: no options
+            {"from": "gpt", "value": "The car stops."},
+            {"from": "human", "value": "Which object?\nA. cup\nB. pen"},
+            {"from": "gpt", "value": "B"},
+            {"from": "human", "value": "Summarise the video."},  # mc without lettered options
+            {"from": "gpt", "value": "A car drives."},
+            {"from": "human", "value": "Q?"},  # a type that is neither mc nor oe
+            {"from": "gpt", "value": "x"},
+        ],
+    }
+    ann = tmp_path / "vm.json"
+    ann.write_text(json.dumps([record, {**record, "id": "one", "question_type": "a/oe"}]), encoding="utf-8")
+    problems = []
+    first, second = iter_llava(ann, problems.append)
+    assert [(q["qid"], q["kind"], q["answer"]) for q in first.questions] == [
+        ("vm#0", "open", "The car stops."),
+        ("vm#1", "mc", "B"),
+    ]
+    assert first.questions[0]["question"] == "What happens next?\nA) nothing is listed here"
+    assert [q["kind"] for q in second.questions] == ["open"] * 4  # one type for every turn
+    assert [(p["record"], p["turn"], p["field"]) for p in problems] == [
+        ("vm", 2, "question_type"),
+        ("vm", 3, "question_type"),
+    ]
 
 
 def test_import_jsonl_on_real_footage(videos, tmp_path):
@@ -210,17 +269,14 @@ def test_import_llava_through_the_cli(videos, tmp_path, capsys):
     ]
     assert main([*args, "--frames-per-clip", "2", "--max-side", "64"]) == 0
     summary = json.loads(capsys.readouterr().out.split("\n}\n")[0] + "\n}")
-    assert (summary["written"], summary["questions"], summary["no_options_turns"], summary["bad_rows"]) == (
-        2,
-        3,
-        1,
-        1,
-    )
+    assert (summary["written"], summary["questions"], summary["bad_rows"]) == (2, 4, 1)
+    assert summary["questions_by_kind"] == {"mc": 3, "open": 1}  # the caption turn is open-ended
     qas = list(iter_shard_videoqa(out, frames_per_clip=2, frame_size=(32, 32), skip_corrupt=False))
-    assert [(q.video_id, q.answer, q.meta["data_source"]) for q in qas] == [  # bucket 1, then bucket 3
-        ("youtube__b", "D", "youtube"),
-        ("youtube__b", "B", "youtube"),
-        ("a", "A", ""),
+    assert [(q.video_id, q.kind, q.answer, q.meta["data_source"]) for q in qas] == [  # bucket 1, then 3
+        ("youtube__b", "mc", "D", "youtube"),
+        ("youtube__b", "open", "Bikes ride past.", "youtube"),
+        ("youtube__b", "mc", "B", "youtube"),
+        ("a", "mc", "A", ""),
     ]
 
 

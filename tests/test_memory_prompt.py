@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from videomem.memory.prompt import build_messages, format_target, parse_output, user_text
+from videomem.memory.prompt import (
+    MAX_ANSWER_CHARS,
+    OPEN_ANSWER_REQUEST,
+    SYSTEM_PROMPT,
+    build_messages,
+    format_target,
+    parse_output,
+    user_text,
+)
 
 
 def test_well_formed_output() -> None:
@@ -60,3 +68,34 @@ def test_messages_have_one_video_item() -> None:
     msgs = build_messages("Q?", ["a", "b", "c", "d"], "m", 0, 2)
     assert [m["role"] for m in msgs] == ["system", "user"]
     assert [c["type"] for c in msgs[1]["content"]] == ["video", "text"]
+
+
+# ---- open-ended questions: num_options=0, a free-text answer ------------------------------------
+@pytest.mark.parametrize(
+    ("text", "answer", "ok"),
+    [
+        ("<memory>colours so far: red</memory><answer> red blue </answer>", "red blue", True),
+        ("<memory>m</memory><answer>B</answer>", "B", True),  # a letter is just a word here
+        ("<memory>m</memory><answer>  </answer>", None, False),  # empty answer
+        ("<memory>m</memory><answer>" + "x" * MAX_ANSWER_CHARS + "</answer>", "x" * MAX_ANSWER_CHARS, True),
+        ("<memory>m</memory><answer>" + "x" * (MAX_ANSWER_CHARS + 1) + "</answer>", None, False),  # over-long
+        ("<memory>m</memory><answer>red</answer><answer>blue</answer>", None, False),  # two answers
+        ("<memory>m</memory><answer>red <answer>blue</answer>", None, False),  # nested tag
+        ("<memory>m</memory><answer>red</answer></answer>", "red", False),  # stray closing tag
+        ("<memory>m</memory><answer>red</answer> and more", "red", False),  # chatter after the block
+    ],
+)
+def test_open_ended_answers_are_bounded_free_text_in_one_block(text, answer, ok) -> None:
+    p = parse_output(text, num_options=0)
+    assert (p.answer, p.format_ok) == (answer, ok)
+
+
+def test_open_ended_prompt_asks_for_words_instead_of_options() -> None:
+    text = user_text("Which colours appeared, in order?", [], "colours so far: red", 2, 4)
+    assert text == (
+        "Clip 3 of 4.\nQuestion: Which colours appeared, in order?\n"
+        f"{OPEN_ANSWER_REQUEST}\nMemory: colours so far: red"
+    )
+    assert "A." not in text and "no options" in SYSTEM_PROMPT
+    p = parse_output(format_target("colours so far: red blue", "red blue"), num_options=0)
+    assert (p.memory, p.answer, p.format_ok) == ("colours so far: red blue", "red blue", True)

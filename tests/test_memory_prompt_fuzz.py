@@ -1,5 +1,6 @@
 """parse_output fuzzed with hypothesis: adversarial outputs (nested, duplicated and unclosed tags, letters
-outside the options, unicode, whitespace) never make it raise, and what it calls format-valid is."""
+outside the options, unicode, whitespace, over-long free text) never make it raise, and what it calls
+format-valid is, for multiple-choice (1..5 options) and open-ended (0 options) questions alike."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from videomem.data.types import LETTERS
-from videomem.memory.prompt import format_target, parse_output
+from videomem.memory.prompt import MAX_ANSWER_CHARS, format_target, parse_output
 
 TAGS = ["<memory>", "</memory>", "<answer>", "</answer>"]
 NEAR_TAGS = [
@@ -64,13 +65,20 @@ mutated = st.builds(
 any_output = st.one_of(adversarial, mutated)
 
 
+# free text at the length bound (the well-formed open-ended test; too slow to draw 10,000 times)
+long_text = st.integers(MAX_ANSWER_CHARS - 2, MAX_ANSWER_CHARS + 2).map(lambda n: "w" * n)
+
+
 @pytest.mark.slow  # 10,000 examples: ~15 s
 @settings(max_examples=10_000, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(text=any_output, num_options=st.integers(0, len(LETTERS)))
-def test_parser_never_raises_and_format_ok_means_one_memory_and_one_valid_letter(text, num_options):
+def test_parser_never_raises_and_format_ok_means_one_memory_and_one_valid_answer(text, num_options):
     out = parse_output(text, num_options)
-    if out.answer is not None:
+    if out.answer is not None and num_options > 0:
         assert len(out.answer) == 1 and out.answer in LETTERS[:num_options]
+    if out.answer is not None and num_options == 0:  # open-ended: bounded, stripped, tag-free text
+        assert 0 < len(out.answer) <= MAX_ANSWER_CHARS and out.answer == out.answer.strip()
+        assert not any(t in out.answer for t in TAGS)
     if out.memory is not None:
         assert not any(t in out.memory for t in TAGS) and out.memory == out.memory.strip()
     if out.format_ok:
@@ -95,3 +103,15 @@ def test_a_well_formed_output_parses_to_its_memory_and_letter(parts, num_options
 )
 def test_a_stray_closing_tag_is_not_format_valid(text):
     assert not parse_output(text).format_ok
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(parts=well_formed_parts, answer=st.one_of(memory_text, long_text))
+def test_a_well_formed_open_ended_output_parses_to_its_text(parts, answer):
+    lead, memory, mid, pre, _, post, tail = parts
+    text = f"{lead}<memory>{memory}</memory>{mid}<answer>{pre}{answer}{post}</answer>{tail}"
+    out = parse_output(text, num_options=0)
+    stripped = f"{pre}{answer}{post}".strip()
+    valid = 0 < len(stripped) <= MAX_ANSWER_CHARS
+    assert out.memory == memory.strip()
+    assert out.format_ok == valid and out.answer == (stripped if valid else None)

@@ -22,7 +22,7 @@ def _prompts(policy, n: int):
     m = policy.patch_multiple
     g = torch.Generator().manual_seed(0)
     videos = [torch.randint(0, 256, (4, 2 * m, 2 * m, 3), dtype=torch.uint8, generator=g) for _ in range(n)]
-    texts = ["What colour was the first object?", "Q", "How many red objects?"][:n]
+    texts = ["What colour was the first object?", "Colours in order?", "How many red objects?"][:n]
     messages = [
         [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": t}]}] for t in texts
     ]
@@ -31,7 +31,7 @@ def _prompts(policy, n: int):
 
 COMPLETIONS = [
     ["<memory>red object: circle</memory><answer>A</answer>", "x", "<memory>a much longer memory</memory>"],
-    ["<answer>B</answer>", "no no no"],
+    ["<memory>first colours so far: red</memory><answer>red blue</answer>", "no no no"],  # open-ended
     ["<memory>red objects so far: 2</memory><answer>C</answer>"],
 ]
 
@@ -210,7 +210,7 @@ def test_the_update_raises_the_probability_of_rewarded_tokens(shared):
     start = even_mass()
     opt = module.configure_optimizers()
     gen = torch.Generator().manual_seed(0)
-    for _ in range(30):
+    for _ in range(25):  # ~0.99 by then; at lr 1e-2 a saturated tiny policy can swing back later
         policy.eval()
         (ids,) = policy.generate(inputs, num_samples=16, max_new_tokens=1, do_sample=True, generator=gen)
         rewards = torch.tensor([float(s[0] % 2 == 0) for s in ids], dtype=torch.float64)
@@ -298,13 +298,16 @@ def test_overlong_filter_leaves_truncated_samples_out():
     assert [s.node_id for s in _ended_samples(samples, False)] == [0, 1, 2, 3]
 
 
-def test_rollout_marks_the_samples_cut_at_the_budget():
+@pytest.mark.parametrize("open_ended", [False, True])
+def test_rollout_marks_the_samples_cut_at_the_budget(open_ended):
     from tests.test_memory_loop import make_qa
     from videomem.rl.rollout import RewardConfig, RolloutConfig, prpo_rollout
 
     policy = build_policy("qwen2_5_vl", tiny=TINY).eval()
     m = policy.patch_multiple
     qa = make_qa(0, 2)
+    if open_ended:  # free text in <answer>: cut at the budget and filtered like a letter answer
+        qa.options, qa.answer = [], "red blue"
     qa.clips = [torch.randint(0, 255, (4, m, m, 3), dtype=torch.uint8) for _ in range(2)]
     im_end = policy.im_end_id
 

@@ -14,7 +14,7 @@ import pytest
 from tests.test_teacher import PROMPTS, qa, shards  # noqa: F401 - shards is a fixture
 from videomem.data.shards import iter_shard_videoqa
 from videomem.teacher.answerability import check_answers, read_letter
-from videomem.teacher.chain import Chain
+from videomem.teacher.chain import Chain, Prompts
 from videomem.teacher.outdir import OutLocked, lock_out, my_shards
 from videomem.teacher.pipeline import fill_memories
 from videomem.teacher.spot_check import write_spot_check
@@ -155,3 +155,23 @@ def test_make_memories_refuses_a_busy_out_in_one_line(shards, tmp_path):  # noqa
     assert proc.returncode == 2
     (line,) = [x for x in proc.stderr.splitlines() if x.strip()]
     assert line.startswith("run_memories: error: ") and "is being written by make memories" in line
+
+
+def test_an_open_ended_question_is_written_for_in_words_and_not_read_for_a_letter():
+    from videomem.teacher.chain import OPEN_ENDED_OPTIONS, writer_messages
+
+    open_q = qa("o", 2, answer="a red car")
+    open_q.options = []
+    prompts = Prompts(
+        **{**PROMPTS.__dict__, "writer_user": "{question} | {options} | {memory} | {description}"}
+    )
+    assert (
+        writer_messages(prompts, open_q, 1, "m", "d")[-1]["content"]
+        == f"question o? | {OPEN_ENDED_OPTIONS} | m | d"
+    )
+    assert (
+        writer_messages(prompts, qa("q", 2), 1, "m", "d")[-1]["content"] == "question q? | A. x\nB. y | m | d"
+    )
+    chains = [Chain("v", "o", ["d"] * 2, ["m1", "m2"])]
+    assert check_answers(chains, [open_q], Fixed("A"), PROMPTS) == 0  # no letter to read: not asked
+    assert chains[0].answerable is None and chains[0].error is None

@@ -21,7 +21,9 @@ def test_single_process_values_are_its_own():
     assert out == {"n": 3.0, "acc": 0.5, "time": 1.5}  # a mean nobody counted is left out
 
 
-def _rollout(rewards: list[float], advantages: list[float], clips: list[int]) -> Rollout:
+def _rollout(
+    rewards: list[float], advantages: list[float], clips: list[int], judge_requests: float = 0.0
+) -> Rollout:
     tree = RolloutTree()
     for i, (r, a, t) in enumerate(zip(rewards, advantages, clips)):
         tree.add(
@@ -44,19 +46,21 @@ def _rollout(rewards: list[float], advantages: list[float], clips: list[int]) ->
         "final_answer_accuracy": sum(n.reward_terms["answer"] for n in last) / len(last),
         "samples": float(n),
         "prompts": 1.0,
+        "judge/requests": judge_requests,  # a count over the rank's rollout (rl/judge.py take_stats)
     }
     return Rollout(tree=tree, stats=stats)
 
 
 def test_two_ranks_combine_into_the_statistics_of_all_samples():
-    a = _rollout([1.0, 0.0, 1.0, 1.0], [0.5, -1.5, 0.5, 0.5], [0, 0, 1, 1])
-    b = _rollout([0.0, 0.0], [0.0, 0.0], [0, 1])
+    a = _rollout([1.0, 0.0, 1.0, 1.0], [0.5, -1.5, 0.5, 0.5], [0, 0, 1, 1], judge_requests=3.0)
+    b = _rollout([0.0, 0.0], [0.0, 0.0], [0, 1], judge_requests=2.0)
     (sa, ma), (sb, mb) = rollout_sums_and_means(a), rollout_sums_and_means(b)
     sums = {k: sa[k] + sb[k] for k in sa}  # what the all-reduce adds
     means = {k: (ma[k][0] + mb[k][0], ma[k][1] + mb[k][1]) for k in ma}
     out = reduce_over_ranks(sums, means)
     both = _rollout([1.0, 0.0, 1.0, 1.0, 0.0, 0.0], [0.5, -1.5, 0.5, 0.5, 0.0, 0.0], [0, 0, 1, 1, 0, 1])
     assert out["rollout/samples"] == 6 and out["rollout/prompts"] == 2
+    assert out["rollout/judge/requests"] == 5  # the judge's counts add up over ranks
     assert out["rollout/reward/total"] == pytest.approx(both.stats["reward/total"])  # 0.5, not (0.75+0)/2
     assert out["rollout/reward/answer"] == pytest.approx(both.stats["reward/answer"])
     assert out["rollout/final_answer_accuracy"] == pytest.approx(2 / 3)  # 2 of the 3 last-clip samples

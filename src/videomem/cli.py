@@ -4,7 +4,7 @@
   videomem clips   --ckpt DIR [--clips 1 .. 8]     accuracy per clip count (Figure 5)
   videomem shards  --bench NAME --ann A --videos DIR --out DIR [--clips T --workers N --part i/n]
                                                  benchmark or jsonl/llava -> shards
-  videomem answer  VIDEO --question Q --option O (x N) [--clips T] [--checkpoint DIR] [--decode paper]
+  videomem answer  VIDEO --question Q [--option O (x N); none: open-ended] [--clips T] [--checkpoint DIR] [--decode paper]
   videomem export  CKPT OUT_DIR [--dtype bfloat16]   policy dir / Lightning .ckpt / sharded ckpt -> transformers dir
   videomem compare SWEEP [--out DIR] [--threshold X]   ablation sweep -> Markdown table + PNG curves
   videomem eval-sweep SWEEP [--force] [run_eval overrides]   every job's policy on the test split
@@ -152,8 +152,8 @@ def check_policy_dir(path: str, what: str) -> None:
 
 
 def cmd_answer(args: argparse.Namespace) -> int:
-    if len(args.option) < 2 or len(args.option) > len(LETTERS):
-        raise UserError(f"give between 2 and {len(LETTERS)} --option (got {len(args.option)})")
+    if len(args.option) == 1 or len(args.option) > len(LETTERS):  # none: open-ended, a free-text answer
+        raise UserError(f"give no --option (open-ended) or 2 to {len(LETTERS)} (got {len(args.option)})")
     if args.clips < 1 or (args.frames_per_clip is not None and args.frames_per_clip < 1):
         raise UserError("--clips and --frames-per-clip must be >= 1")
     check_video_file(args.video)
@@ -206,7 +206,7 @@ def cmd_answer(args: argparse.Namespace) -> int:
         f"video {args.video}: {duration:.1f}s, {args.clips} clips x {frames_per_clip} frames at {size[0]}x{size[1]}"
     )
     print(f"policy on {device} in {dtype}, up to {gen.max_new_tokens} new tokens per clip step")
-    print(f"question: {args.question}")
+    print(f"question: {args.question}" + ("" if args.option else " (open-ended: answered in words)"))
     for i, o in enumerate(args.option):
         print(f"  {LETTERS[i]}. {o}")
     torch.manual_seed(args.seed)
@@ -218,7 +218,9 @@ def cmd_answer(args: argparse.Namespace) -> int:
             f"    provisional answer: {step.parsed.answer or 'unparsable'}  (format ok: {step.parsed.format_ok})"
         )
     pred = result.prediction
-    print(f"final answer: {pred + '. ' + args.option[LETTERS.index(pred)] if pred else 'unparsable'}")
+    if pred is not None and args.option:
+        pred = f"{pred}. {args.option[LETTERS.index(pred)]}"
+    print(f"final answer: {pred or 'unparsable'}")
     return 0
 
 
@@ -318,7 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
     answer = sub.add_parser("answer", help="answer a question about a local video, clip by clip")
     answer.add_argument("video", help="a local video file (any format PyAV/decord read)")
     answer.add_argument("--question", required=True)
-    answer.add_argument("--option", action="append", required=True, help="an option text (repeat, in order)")
+    answer.add_argument(
+        "--option", action="append", default=[], help="an option text (repeat, in order); none: open-ended"
+    )
     answer.add_argument("--clips", type=int, default=4, help="T: number of clips")
     answer.add_argument(
         "--frames-per-clip", type=int, default=None, help="default: as the policy was trained, else 8"

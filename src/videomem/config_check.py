@@ -155,6 +155,13 @@ RULES: dict[str, Rule] = {
     "batch_size": _int(1, "questions per batch"),
     "limit": _int(0, "questions evaluated; 0 or null: all", nullable=True),
     "frames_per_clip": _int(1, "frames per clip; null: as saved beside the policy", nullable=True),
+    "report.frames_per_clip": _int(1, "thumbnails per clip in the HTML report"),
+    "report.height": _int(1, "thumbnail height in px"),
+    # the LLM judge of open-ended answers (configs/judge/)
+    "judge.max_in_flight": _int(1, "judge requests at once"),
+    "judge.timeout": _num("judge request timeout, s", **POSITIVE),
+    "judge.retries": _int(0, "judge retries"),
+    "judge.backoff": _num("judge backoff, s", lo=0.0),
 }
 
 FRAME_SIDE = _int(1, "frame side")

@@ -6,8 +6,11 @@ group's factory loads the saved policy onto ``device`` in ``dtype`` (``eval/runt
 there is one, in the precision the policy trained in), the greedy memory loop runs with the decode
 group's ``eval`` settings, and JSON is written with the metrics, the videos skipped as unreadable
 (``skipped``, ``skipped_samples``), the settings that make numbers comparable, and one record per
-question; the same figures go to TensorBoard under ``eval/``. Frames are decoded as the policy was
-trained (the geometry saved beside it, ``eval/geometry.py``).
+question; the same figures go to TensorBoard under ``eval/``, and an HTML page beside each JSON shows
+every question's frames, memories and answers (``eval/report.py``). Scores are per kind (``per_kind``:
+multiple-choice accuracy, the open-ended rule score and, with ``judge=openai``, the LLM judge's
+``open_judge``). Frames are decoded as the policy was trained (the geometry saved beside it,
+``eval/geometry.py``).
 
 Under ``torchrun --nproc-per-node N -m videomem.run_eval ...`` (also over several nodes) the split's
 batches of ``batch_size`` questions are dealt to the ranks in turn, every question once; rank 0 merges
@@ -37,7 +40,8 @@ from videomem.eval.benchmarks import BENCHMARKS
 from videomem.eval.distributed import eval_process_group, gather_on_zero
 from videomem.eval.evaluate import evaluate_batches, merge_shares
 from videomem.eval.geometry import resolve_frames
-from videomem.eval.metrics import flatten_metrics
+from videomem.eval.metrics import flatten_metrics, judge_records
+from videomem.eval.report import write_report
 from videomem.eval.runtime import resolve_device, resolve_dtype
 from videomem.memory.loop import GenerationConfig
 from videomem.memory.prompt import SYSTEM_PROMPT
@@ -50,6 +54,12 @@ def markdown_table(result: dict) -> str:
     rows = [("n", result["n"]), ("skipped", result.get("skipped", 0)), ("accuracy (a_T)", result["accuracy"])]
     rows += [(f"seg{t + 1} accuracy", v) for t, v in enumerate(result["seg_accuracy"])]
     rows += [(f"category {k}", v) for k, v in result["per_category"].items()]
+    names = {
+        "mc": "multiple-choice accuracy",
+        "open": "open-ended rule score",
+        "open_judge": "open-ended judge score",
+    }
+    rows += [(names.get(k, k), v) for k, v in result.get("per_kind", {}).items()]
     rows += [(k, result[k]) for k in ("parse_failure_rate", "format_valid_rate", "mean_memory_tokens")]
     if result.get("official"):
         rows += [(f"official {k}", v) for k, v in result["official"].items()]
@@ -129,7 +139,7 @@ def write_outputs(result: dict, out_dir: Path, out: str | None) -> list[Path]:
 
 
 # result keys that are not evaluation figures (everything else goes to TensorBoard as eval/*)
-_NOT_METRICS = {"n", "skipped", "skipped_samples", "official", "settings", "records"}
+_NOT_METRICS = {"n", "skipped", "skipped_samples", "official", "judge", "settings", "records"}
 
 
 def run(cfg: DictConfig) -> dict | None:
@@ -187,11 +197,21 @@ def run(cfg: DictConfig) -> dict | None:
         return None
     metrics, records = merge_shares(share for share, _, _ in parts)
     skipped, skipped_samples = merge_skips([(n, listed) for _, n, listed in parts], expand_shards(cfg.shards))
+    judge = hydra.utils.instantiate(cfg.judge) if cfg.get("judge") else None
+    if judge is not None:  # once, on the merged records: each open-ended answer costs one request at most
+        metrics["per_kind"]["open_judge"] = judge_records(records, judge)
+    official = None
+    if cfg.bench:
+        bench = BENCHMARKS[cfg.bench]
+        if judge is not None and hasattr(bench, "judge_generation"):  # MLVU's generation tasks: its rubric
+            bench.judge_generation(records, judge.endpoint)
+        official = bench.official_score(records)
     result = {
         **metrics,
         "skipped": skipped,
         "skipped_samples": skipped_samples,  # {"split", "key", "url", "reason"} each
-        "official": BENCHMARKS[cfg.bench].official_score(records) if cfg.bench else None,
+        "official": official,
+        "judge": judge.take_stats() if judge is not None else None,
         "settings": {
             "ckpt": str(cfg.ckpt),
             "shards": str(cfg.shards),
@@ -208,9 +228,10 @@ def run(cfg: DictConfig) -> dict | None:
         "records": records,
     }
     paths = write_outputs(result, Path(cfg.paths.output_dir), cfg.out)
+    write_report([p.with_suffix(".html") for p in paths], records, result, cfg.shards, **cfg.report)
     log.info("eval: %s", json.dumps(metrics))
     print(json.dumps({**metrics, "skipped": skipped}, indent=2))
-    print(f"written: {', '.join(map(str, paths))}")
+    print(f"written: {', '.join(map(str, paths))} (and .md, .html beside each)")
     return result
 
 

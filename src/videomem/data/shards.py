@@ -10,17 +10,26 @@ One sample = one video, already segmented into T clips. Members of a sample are 
 key = video_id with every "." replaced by "_" (WebDataset ends the key at the first dot); keys are
 unique within a shard. meta:
 
-    {"schema": 1,
+    {"schema": 2,
      "video_id": str,
      "source": "synthetic" | "videomme" | "lvbench" | ...,
      "duration": float,                         # seconds, of the source video
      "clips": [[start_s, end_s], ...],          # T spans, in the source video's time
-     "questions": [{"qid": str, "question": str, "options": [str, ...],   # texts, no "A." prefixes
-                    "answer": "B" | null, "category": str, "categories": [str, ...],
+     "questions": [{"qid": str, "question": str,
+                    "kind": "mc" | "open",                               # multiple-choice / open-ended
+                    "options": [str, ...],   # mc: 2..5 texts, no "A." prefixes; open: [] (or absent)
+                    "answer": str | null,    # mc: the gold letter "B"; open: the reference answer text
+                    "category": str, "categories": [str, ...],
                     "memories": [str] * T | null,                        # oracle / teacher M_1..M_T
                     "answerable": bool,  # optional: a reader answered from M_T (make memories)
                     ...extra per-benchmark keys}],
      ...extra per-video keys}
+
+Versions: schema 1 (before open-ended questions) had no ``kind``; its questions are all multiple-choice
+and still read. A question without ``kind`` is multiple-choice in either version, so an open-ended
+question always says so: a question that merely lacks options is an error, never silently open-ended.
+The writer stamps ``kind`` on every question and writes schema 2, which a reader that predates open-ended
+questions refuses whole ("unsupported schema 2") instead of skipping their questions one by one.
 
 Several questions may share a video: its clips are decoded once and the frame tensors shared.
 Extra keys travel to `VideoQA.meta` (video-level extras first, question-level extras override).
@@ -45,18 +54,22 @@ from pathlib import Path
 
 import webdataset as wds
 
+from videomem.data.schema import (  # the checks live in schema.py; readers import them from here too
+    MULTIPLE_CHOICE,
+    QUESTION_KEYS,
+    SCHEMA_VERSION,
+    VIDEO_KEYS,
+    ShardFormatError,
+    question_count,  # noqa: F401
+    validate_meta,
+    validate_question,
+    validate_video,
+)
 from videomem.data.skips import SkipLog
-from videomem.data.types import LETTERS, VideoQA
+from videomem.data.types import VideoQA
 from videomem.data.video import VideoDecodeError, decode_frames
 
-SCHEMA_VERSION = 1
 _CLIP_FIELD = re.compile(r"^(\d+)\.mp4$")
-_QUESTION_KEYS = ("qid", "question", "options", "answer", "category", "categories", "memories")
-_VIDEO_KEYS = ("schema", "video_id", "clips", "questions")
-
-
-class ShardFormatError(ValueError):
-    """A sample or meta that does not follow the schema above."""
 
 
 @dataclass
@@ -71,86 +84,6 @@ class VideoSample:
 def sample_key(video_id: str) -> str:
     """WebDataset key of a video: the id with every '.' replaced by '_'."""
     return video_id.replace(".", "_")
-
-
-def _is_number(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-
-def _is_str_list(x) -> bool:
-    return isinstance(x, (list, tuple)) and all(isinstance(v, str) for v in x)  # tuples: before json
-
-
-def validate_video(meta: dict, num_clips: int) -> None:
-    """Raise ShardFormatError unless the video-level part of `meta` follows the schema (any json type)."""
-    if not isinstance(meta, dict):
-        raise ShardFormatError(f"meta is a {type(meta).__name__}, expected a json object")
-    for k in ("video_id", "duration", "clips", "questions"):
-        if k not in meta:
-            raise ShardFormatError(f"meta lacks {k!r}")
-    if meta.get("schema", SCHEMA_VERSION) != SCHEMA_VERSION:
-        raise ShardFormatError(f"unsupported schema {meta.get('schema')!r}")
-    if not isinstance(meta["video_id"], str) or not _is_number(meta["duration"]):
-        raise ShardFormatError(
-            f"video_id must be a string and duration a number, got {meta['video_id']!r}, {meta['duration']!r}"
-        )
-    spans = meta["clips"]
-    if not isinstance(spans, (list, tuple)) or not all(
-        isinstance(s, (list, tuple)) and len(s) == 2 and all(map(_is_number, s)) for s in spans
-    ):
-        raise ShardFormatError(
-            f"{meta['video_id']}: clips must be a list of [start_s, end_s], got {spans!r:.80}"
-        )
-    if len(spans) != num_clips or num_clips < 1:
-        raise ShardFormatError(f"{meta['video_id']}: {len(spans)} spans for {num_clips} clips")
-    if not isinstance(meta["questions"], (list, tuple)) or not all(
-        isinstance(q, dict) for q in meta["questions"]
-    ):
-        raise ShardFormatError(f"{meta['video_id']}: questions must be a list of objects")
-
-
-def validate_question(q: dict, num_clips: int) -> None:
-    """Raise ShardFormatError unless question `q` follows the schema for a video of `num_clips` clips."""
-    missing = [k for k in ("qid", "question", "options", "category") if k not in q]
-    if missing:
-        raise ShardFormatError(f"question {q.get('qid')!r} lacks {missing}")
-    qid = q["qid"]
-    if not isinstance(qid, (str, int)) or isinstance(qid, bool):
-        raise ShardFormatError(f"qid must be a string, got {qid!r}")
-    if not isinstance(q["question"], str) or not isinstance(q["category"], str):
-        raise ShardFormatError(f"{qid}: question and category must be strings")
-    options = q["options"]
-    if not _is_str_list(options):
-        raise ShardFormatError(f"{qid}: options must be a list of strings, got {options!r:.80}")
-    if not 2 <= len(options) <= len(LETTERS):
-        raise ShardFormatError(f"{qid}: {len(options)} options, expected 2..{len(LETTERS)}")
-    answer = q.get("answer")
-    if answer is not None and answer not in list(
-        LETTERS[: len(options)]
-    ):  # a list: "" and "AB" are not letters
-        raise ShardFormatError(f"{qid}: answer {answer!r} is not a letter of its options")
-    if q.get("categories") is not None and not _is_str_list(q["categories"]):
-        raise ShardFormatError(f"{qid}: categories must be a list of strings")
-    memories = q.get("memories")
-    if memories is not None and not _is_str_list(memories):
-        raise ShardFormatError(f"{qid}: memories must be a list of strings or null")
-    if memories is not None and len(memories) != num_clips:
-        raise ShardFormatError(f"{qid}: {len(memories)} memories for {num_clips} clips")
-
-
-def validate_meta(meta: dict, num_clips: int) -> None:
-    """Raise ShardFormatError unless `meta` (video and every question) follows the schema for `num_clips` clips."""
-    validate_video(meta, num_clips)
-    for q in meta["questions"]:
-        validate_question(q, num_clips)
-
-
-def question_count(meta: dict) -> int:
-    """Number of questions a parsed meta declares (ShardFormatError if it has no list of them)."""
-    questions = meta.get("questions") if isinstance(meta, dict) else None
-    if not isinstance(questions, list):
-        raise ShardFormatError("meta has no list of questions")
-    return len(questions)
 
 
 def write_shards(
@@ -170,7 +103,11 @@ def write_shards(
     count, seen = 0, set()
     try:
         for sample in samples:
-            meta = {"schema": SCHEMA_VERSION, **sample.meta, "video_id": sample.video_id}
+            meta = {**sample.meta, "schema": SCHEMA_VERSION, "video_id": sample.video_id}
+            if isinstance(meta.get("questions"), (list, tuple)):  # every stored question names its kind
+                meta["questions"] = [
+                    {"kind": MULTIPLE_CHOICE, **q} if isinstance(q, dict) else q for q in meta["questions"]
+                ]
             validate_meta(meta, len(sample.clips))
             key = sample_key(sample.video_id)
             if key in seen:
@@ -294,16 +231,16 @@ def sample_to_videoqa(
     size = tuple(frame_size) if frame_size is not None else None
     clips = [decode_frames(sample[k], num_frames=frames_per_clip, size=size, backend=backend) for k in fields]
     spans = [(float(a), float(b)) for a, b in meta["clips"]]
-    video_extra = {k: v for k, v in meta.items() if k not in _VIDEO_KEYS}
+    video_extra = {k: v for k, v in meta.items() if k not in VIDEO_KEYS}
     out = []
     for q in questions:
-        extra = {k: v for k, v in q.items() if k not in _QUESTION_KEYS}
+        extra = {k: v for k, v in q.items() if k not in QUESTION_KEYS}
         out.append(
             VideoQA(
                 video_id=meta["video_id"],
                 qid=str(q["qid"]),
                 question=q["question"],
-                options=list(q["options"]),
+                options=list(q.get("options", [])),
                 answer=q.get("answer"),
                 category=q["category"],
                 clips=list(clips),  # [F, H, W, 3] each, the same tensors for every question

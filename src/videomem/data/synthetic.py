@@ -4,16 +4,21 @@ A video is T clips (default 4) of F frames (default 8, at 4 fps) of coloured sha
 on a grey 64x64 background (pixels: shapes.py). Objects live in one clip each; within a clip one
 object appears at frame 0 and the others later (on even frames, so a temporal patch of 2 frames never
 hides the order).
-Three question families, four lettered options each, one question per family per video:
+Four question families, one question per family per video: three multiple-choice with four lettered
+options each, and one open-ended, whose free-text answer is a sequence only the memory can hold
+(questions, memories and answers: synthetic_text.py):
 
-| family | question | options | memory M_t (after clip t) |
+| family | kind | answer | memory M_t (after clip t) |
 |---|---|---|---|
-| count | How many red objects appear in the whole video? | 1 2 3 4 | "red objects so far: 2" |
-| first | What colour was the first object to appear? | 4 colours | "nothing seen yet" -> "first object: blue" |
-| shape | What shape was the green object? (green occurs once) | 4 shapes | "green object: not seen yet" -> "green object: circle" |
+| count | mc | 1 2 3 4 | "red objects so far: 2" |
+| first | mc | 4 colours | "nothing seen yet" -> "first object: blue" |
+| shape | mc | 4 shapes | "green object: not seen yet" -> "green object: circle" |
+| order | open | "red blue red" | "nothing seen yet" -> "first colours so far: red blue" |
 
-Videos are built answer-first, so each family's gold letters are balanced over a split (exactly, up to
-one) and options keep one canonical order unless `shuffle_options`. Evidence is kept out of the last clip:
+The open-ended family reads the scene the others build and draws nothing itself, so adding or dropping it
+leaves the multiple-choice questions' videos unchanged. Videos are built answer-first, so each
+multiple-choice family's gold letters are balanced over a split (exactly, up to one) and options keep
+one canonical order unless `shuffle_options`. Evidence is kept out of the last clip:
 per split and family exactly floor(N * last_clip_rate) questions place their evidence freely, all others
 are built so the oracle run on the last clip alone does not give the gold answer (the "last-clip-only"
 fraction, reported in stats.json and asserted <= max_last_clip_frac for T >= 2; with T = 1 it is 1.0
@@ -22,8 +27,9 @@ default it is larger than the other objects, see SynthConfig). With `spread_coun
 counted objects fall in distinct clips while clips remain, so each memory update adds at most one (two
 in one clip only when the count exceeds the clips left).
 
-Deliberately not here: prompts (memory/prompt.py), tokenisation (model/tiny.py reads `tokenizer_corpus`),
-streaming (datamodule.py). Shards follow the schema in shards.py.
+Deliberately not here: the families' words (synthetic_text.py), prompts (memory/prompt.py), tokenisation
+(model/tiny.py reads `synthetic_text.tokenizer_corpus`), streaming (datamodule.py). Shards follow the
+schema in shards.py.
 """
 
 from __future__ import annotations
@@ -43,12 +49,19 @@ import numpy as np
 
 from videomem.data.shapes import COLOURS, SHAPES, SynthObject, place_objects, render_clip
 from videomem.data.shards import VideoSample, write_shards
-from videomem.data.types import LETTERS
+from videomem.data.synthetic_text import (
+    COUNT_OPTIONS,
+    FAMILIES,
+    MC_FAMILIES,
+    answer_from_memory,
+    oracle_memories,
+    question_text,
+    reference_from_memory,
+)
+from videomem.data.types import LETTERS, MULTIPLE_CHOICE, OPEN_ENDED
 from videomem.data.video import encode_mp4
 
-COUNT_OPTIONS = ("1", "2", "3", "4")
 DEFAULT_SPLITS = {"train": 8000, "val": 64, "test": 256}  # videos per split of `make data`
-FAMILIES = ("count", "first", "shape")
 NUM_OPTIONS = 4
 
 
@@ -84,57 +97,6 @@ class SynthConfig:
             raise ValueError("need frames_per_clip >= 4, an even size and num_clips >= 1")
         if unknown := set(self.families) - set(FAMILIES):
             raise ValueError(f"unknown families {unknown}")
-
-
-# ---------------------------------------------------------------- oracle (text only, no pixels)
-def oracle_memories(family: str, clips: list[list[dict]], target: str | None) -> list[str]:
-    """Oracle memories M_1..M_T from per-clip object lists ({"colour", "shape", "onset"} dicts).
-
-    Args:
-        family: "count", "first" or "shape".
-        clips: Objects of each clip, in clip order.
-        target: The colour the question names (count, shape); None for first.
-    """
-    out, count, first, shape = [], 0, None, None
-    for objs in clips:
-        if family == "count":
-            count += sum(o["colour"] == target for o in objs)
-            out.append(f"{target} objects so far: {count}")
-        elif family == "first":
-            if first is None and objs:
-                first = min(objs, key=lambda o: o["onset"])["colour"]
-            out.append("nothing seen yet" if first is None else f"first object: {first}")
-        elif family == "shape":
-            shape = shape or next((o["shape"] for o in objs if o["colour"] == target), None)
-            out.append(f"{target} object: {shape or 'not seen yet'}")
-        else:
-            raise ValueError(f"unknown family {family!r}")
-    return out
-
-
-def answer_from_memory(memory: str, options: list[str]) -> str | None:
-    """Letter of the option the memory's final value names, None if it names none (e.g. 'so far: 0')."""
-    value = memory.rsplit(":", 1)[-1].strip()
-    return LETTERS[options.index(value)] if value in options else None
-
-
-def question_text(family: str, target: str | None) -> str:
-    """The question sentence of a family."""
-    return {
-        "count": f"How many {target} objects appear in the whole video?",
-        "first": "What colour was the first object to appear?",
-        "shape": f"What shape was the {target} object?",
-    }[family]
-
-
-def tokenizer_corpus() -> list[str]:
-    """Every sentence the generator can emit (questions, options, memories), for the tiny tokenizer."""
-    lines = [question_text("first", None), "nothing seen yet", *COUNT_OPTIONS, *SHAPES]
-    for c in COLOURS:
-        lines += [question_text("count", c), question_text("shape", c), c, f"first object: {c}"]
-        lines += [f"{c} objects so far: {n}" for n in range(len(COUNT_OPTIONS) + 1)]
-        lines += [f"{c} object: {s}" for s in (*SHAPES, "not seen yet")]
-    return lines
 
 
 # ---------------------------------------------------------------- scene construction
@@ -251,22 +213,28 @@ def make_video(
             d.pop("speed")
     questions = []
     for fam in cfg.families:
-        options, gold, target = qs[fam]
+        options, gold, target = qs.get(fam, ([], None, None))  # an open-ended family reads the scene only
         memories = oracle_memories(fam, per_clip, target)
-        answer = LETTERS[options.index(gold)]
-        assert answer_from_memory(memories[-1], options) == answer, (video_id, fam, memories)
-        last_only = answer_from_memory(oracle_memories(fam, per_clip[-1:], target)[-1], options)
+        alone = oracle_memories(fam, per_clip[-1:], target)[-1]  # what the last clip alone says
+        if fam in MC_FAMILIES:
+            kind, answer = MULTIPLE_CHOICE, LETTERS[options.index(gold)]
+            assert answer_from_memory(memories[-1], options) == answer, (video_id, fam, memories)
+            last_only = answer_from_memory(alone, options) == answer
+        else:
+            kind, answer = OPEN_ENDED, reference_from_memory(memories[-1])
+            last_only = reference_from_memory(alone) == answer
         questions.append(
             {
                 "qid": f"{video_id}-{fam}",
                 "question": question_text(fam, target),
+                "kind": kind,
                 "options": options,
                 "answer": answer,
                 "category": fam,
                 "categories": [fam],
                 "memories": memories,
                 "target": target,
-                "last_clip_answerable": last_only == answer,
+                "last_clip_answerable": last_only,
             }
         )
     frames = [
@@ -301,33 +269,37 @@ def split_plan(cfg: SynthConfig, split: str, n: int, seed: int) -> list[tuple]:
     """make_video arguments of a split: disjoint seed streams per split, balanced letters, exact budget."""
     split_id = zlib.crc32(split.encode())
     rng = np.random.default_rng(np.random.SeedSequence([seed, split_id]))
-    letters = {f: rng.permutation(np.arange(n) % NUM_OPTIONS) for f in cfg.families}
-    free = {f: np.zeros(n, bool) for f in cfg.families}
-    for f in cfg.families:
+    mc = [f for f in cfg.families if f in MC_FAMILIES]  # an open-ended family draws nothing here
+    letters = {f: rng.permutation(np.arange(n) % NUM_OPTIONS) for f in mc}
+    free = {f: np.zeros(n, bool) for f in mc}
+    for f in mc:
         free[f][rng.permutation(n)[: int(n * cfg.last_clip_rate)]] = True
     return [
         (
             cfg,
             f"synth-{split}-{i:06d}",
             [seed, split_id, i],
-            {f: int(letters[f][i]) for f in cfg.families},
-            {f: bool(free[f][i]) for f in cfg.families},
+            {f: int(letters[f][i]) for f in mc},
+            {f: bool(free[f][i]) for f in mc},
         )
         for i in range(n)
     ]
 
 
 def split_stats(metas: list[dict], cfg: SynthConfig) -> dict:
-    """Counts, gold-letter balance and last-clip-only fraction per family."""
+    """Counts, gold-letter balance (multiple-choice) or answer length in words (open-ended), and the
+    last-clip-only fraction per family."""
     stats = {"num_videos": len(metas), "num_clips": cfg.num_clips, "families": {}}
     for fam in cfg.families:
         qs = [q for m in metas for q in m["questions"] if q["category"] == fam]
-        letters = Counter(q["answer"] for q in qs)
-        stats["families"][fam] = {
-            "questions": len(qs),
-            "letters": {c: round(letters[c] / max(1, len(qs)), 4) for c in LETTERS[:NUM_OPTIONS]},
-            "last_clip_only": round(sum(q["last_clip_answerable"] for q in qs) / max(1, len(qs)), 4),
-        }
+        fam_stats: dict = {"questions": len(qs)}
+        if fam in MC_FAMILIES:
+            letters = Counter(q["answer"] for q in qs)
+            fam_stats["letters"] = {c: round(letters[c] / max(1, len(qs)), 4) for c in LETTERS[:NUM_OPTIONS]}
+        else:
+            fam_stats["answer_words"] = round(sum(len(q["answer"].split()) for q in qs) / max(1, len(qs)), 4)
+        fam_stats["last_clip_only"] = round(sum(q["last_clip_answerable"] for q in qs) / max(1, len(qs)), 4)
+        stats["families"][fam] = fam_stats
     stats["num_questions"] = sum(f["questions"] for f in stats["families"].values())
     return stats
 
@@ -415,7 +387,8 @@ def main(argv: list[str] | None = None) -> dict:
     for split, s in stats.items():
         print(f"{split}: {s['num_videos']} videos, {s['num_questions']} questions, {s['seconds']} s")
         for fam, f in s["families"].items():
-            print(f"  {fam}: letters {f['letters']}, last-clip-only {f['last_clip_only']}")
+            answers = f"letters {f['letters']}" if "letters" in f else f"{f['answer_words']} words per answer"
+            print(f"  {fam}: {answers}, last-clip-only {f['last_clip_only']}")
     return stats
 
 

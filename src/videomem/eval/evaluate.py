@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from videomem.data.types import VideoQA
 from videomem.eval.metrics import MemoryQAMetrics, update_metrics
 from videomem.memory.loop import GenerationConfig, LoopResult, run_memory_loop
+from videomem.memory.scoring import answer_score
 
 
 def batched(items: Iterable, size: int) -> Iterator[list]:
@@ -29,16 +30,22 @@ def batched(items: Iterable, size: int) -> Iterator[list]:
 
 
 def record(result: LoopResult) -> dict:
-    """One question's outcome as plain JSON."""
+    """One question's outcome as plain JSON (``score``: what a_T is worth, ``memory.scoring.answer_score``)."""
     qa = result.qa
+    step_scores = [answer_score(a, qa.answer, len(qa.options)) for a in result.answers]
     return {
         "video_id": qa.video_id,
         "qid": qa.qid,
+        "kind": qa.kind,
+        "question": qa.question,
+        "options": list(qa.options),
         "category": qa.category,
         "categories": qa.categories or [qa.category],
         "answer": qa.answer,
         "pred": result.prediction,
+        "score": step_scores[-1] if step_scores else 0.0,
         "step_answers": result.answers,
+        "step_scores": step_scores,
         "memories": [s.memory_out for s in result.steps],
         "format_ok": [s.parsed.format_ok for s in result.steps],
         "memory_tokens": [s.memory_tokens for s in result.steps],

@@ -80,7 +80,7 @@ def _corpus() -> list[str]:
     """Training text: the synthetic generator's corpus if importable, the fallback words, the alphabet."""
     lines = [line for line in _FALLBACK_CORPUS.splitlines() if line.strip()]
     try:
-        from videomem.data.synthetic import tokenizer_corpus
+        from videomem.data.synthetic_text import tokenizer_corpus
     except ImportError:
         extra: list[str] = []
     else:
@@ -90,7 +90,8 @@ def _corpus() -> list[str]:
     # the step prompt's fixed words (videomem.memory.prompt), so each is one token
     prompt = "Clip of\nQuestion: Options:\nMemory: (empty)\nUpdate the memory and answer.\n"
     prompt += "You see a long video one clip at a time, never again. Keep a short memory of facts for the question. "
-    prompt += "Reply with X an option letter. A. B. C. D. E. 0:00-0:04\n"
+    prompt += "Reply with X an option letter, or your own words when the question has no options. "
+    prompt += "Answer in your own words. A. B. C. D. E. 0:00-0:04\n"
     return (
         lines
         + extra

@@ -1,12 +1,17 @@
 """Temporal Cascading Reward (TCR, method.md section 3, Eq. 1) as plain reward functions.
 
-    R_i = alpha_t * 1[answer_i == a] + w_fmt * 1[format_i ok] - beta * max(0, len_tokens(memory_i) - L_max)
+    R_i = alpha_t * score(answer_i, a) + w_fmt * 1[format_i ok] - beta * max(0, len_tokens(memory_i) - L_max)
+
+The answer term depends on the question's kind (``num_options``; 0 is open-ended): 1[letter == gold]
+for multiple-choice, the rule score (``videomem.memory.scoring``, the ROUGE mean against the reference)
+for open-ended, or, when a ``judge`` column is given, the LLM judge's verdict with the rule score
+standing in wherever the judge fails (``videomem.rl.judge``).
 
 ``RewardConfig`` holds the TCR settings of a PRPO run (its defaults are ``DEFAULT_WEIGHTS``). Every reward term is a plain function ``(completions, answers, **columns) -> list[float]`` (the TRL /
 open-r1 convention), mapped from its config name through the one dict ``REWARD_FUNCS``. Penalty terms
 return POSITIVE values and are subtracted (``PENALTY_TERMS``), so logged components read naturally.
 Columns are per-completion lists (``memory_tokens``) or scalars that apply to all (``num_options``,
-``max_memory_tokens``).
+``max_memory_tokens``, ``question``, ``judge``).
 
 Parsing goes through ``videomem.memory.prompt.parse_output``, the same function the evaluator uses.
 This module does not tokenise: memory lengths in policy tokens come from the caller
@@ -18,9 +23,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from videomem.memory.prompt import parse_output
+from videomem.memory.scoring import answer_score
+
+if TYPE_CHECKING:  # the judge module pulls in the HTTP client; only its users import it
+    from videomem.rl.judge import Judge
 
 RewardFunc = Callable[..., list[float]]
 
@@ -49,24 +58,40 @@ def answer_reward(
     *,
     num_options: int | Sequence[int] = 4,
     answer_texts: Sequence[str | None] | None = None,
+    question: str | Sequence[str] = "",
+    judge: Judge | None = None,
     **_: Any,
 ) -> list[float]:
-    """1 if the parsed ``<answer>`` letter equals the gold letter, else 0 (unparsable counts as wrong).
+    """What each parsed ``<answer>`` is worth in [0, 1] (``memory.scoring.answer_score``; unparsable: 0).
 
     Args:
         completions: Decoded outputs, one per sample.
-        answers: Gold letters, one per sample.
-        num_options: Options per question (scalar or per sample); letters beyond it are invalid.
+        answers: Gold letters or, for open-ended questions, reference texts, one per sample.
+        num_options: Options per question (scalar or per sample); letters beyond it are invalid; 0 marks
+            an open-ended question (free-text answer, rule score or judge).
         answer_texts: The outputs whose ``<answer>`` is scored, one per sample (None scores 0);
             default: the completions themselves (the paper). ``RewardConfig.answer_target=continuation``
             passes the last output of the loop continued from each sample's memory.
+        question: The question text (scalar or per sample): what the judge is shown.
+        judge: Scores parsable open-ended answers instead of the rule (the rule stands in where it
+            fails); None: the rule alone.
     """
     scored = completions if answer_texts is None else [t or "" for t in answer_texts]
     golds = _per_item(answers, len(completions), "answers")
     if len(scored) != len(completions):
         raise ValueError(f"{len(scored)} answer_texts for {len(completions)} completions")
-    parsed = _parse_all(scored, num_options)
-    return [float(p.answer is not None and p.answer == gold) for p, gold in zip(parsed, golds)]
+    options = _per_item(num_options, len(completions), "num_options")
+    parsed = [parse_output(text, n) for text, n in zip(scored, options)]
+    values = [answer_score(p.answer, gold, n) for p, gold, n in zip(parsed, golds, options)]
+    ask = [i for i, (p, g, n) in enumerate(zip(parsed, golds, options)) if n == 0 and p.answer and g]
+    if judge is not None and ask:
+        questions = _per_item(question, len(completions), "question")
+        verdicts = judge.score(
+            [(questions[i], golds[i], parsed[i].answer) for i in ask], [values[i] for i in ask]
+        )
+        for i, v in zip(ask, verdicts):
+            values[i] = v
+    return values
 
 
 def format_reward(
@@ -149,7 +174,8 @@ def compute_rewards(
         tcr: False gives the terminal-reward ablation: every step before the last gets total 0
             (hence zero advantage); the components are still returned for logging.
         answer_weight_schedule: ``constant`` (paper) or ``linear`` (see ``answer_weight``).
-        **columns: Passed to every term (``memory_tokens``, ``max_memory_tokens``, ``num_options``).
+        **columns: Passed to every term (``memory_tokens``, ``max_memory_tokens``, ``num_options``,
+            ``question``, ``judge``).
 
     Returns:
         ``(totals, components)``: totals[i] is R_i; components[name][i] is the raw term value.
@@ -188,6 +214,9 @@ class RewardConfig:
     # loop continued greedily from the sample's memory M_t to the last clip, so a memory is paid for
     # the answer it leads to rather than for an early guess (docs/notes/prpo_tuning.md, "Scoring a memory by where it leads").
     answer_target: str = "provisional"
+    # Open-ended answers: None scores them by the rule (ROUGE mean); a ``videomem.rl.judge.Judge`` asks an
+    # LLM judge instead (``judge=openai``), the rule standing in where it fails.
+    judge: Judge | None = None
 
     def __post_init__(self) -> None:
         if self.answer_target not in ("provisional", "continuation"):

@@ -170,6 +170,8 @@ def prpo_rollout(
     stats = _summary(tree, steps, num_prompts)
     if engine is not None and stats:
         stats.update(_engine_summary(before, engine, sum(qa.num_clips for qa in qas)))
+    if reward.judge is not None:  # this rollout's judge requests, cache hits and failures: rollout/judge/*
+        stats.update(reward.judge.take_stats())
     return Rollout(tree, samples, stats)
 
 
@@ -236,6 +238,8 @@ def _score(
         memory_tokens=step.memory_tokens,
         max_memory_tokens=reward.max_memory_tokens,
         num_options=len(qa.options),
+        question=qa.question,
+        judge=reward.judge,
         **extra,
     )
 

@@ -8,7 +8,8 @@ last memory that does not hold the answer teaches the policy to forget.
 
 The reader's letter is read as the benchmarks' own scripts read free text: the first option letter
 standing alone (``B``, ``(B)``, ``B.``, ``Answer: B``); a reply that names none counts as not
-answerable. A question without a gold answer is not checked (``answerable`` stays None). A reader
+answerable. A question without a gold answer is not checked (``answerable`` stays None), nor is an
+open-ended one (no letter to read; its free-text answer would need a rule or a judge of its own). A reader
 request that fails, or a bad reply (chain.py ``reply_problem``), fails the question (retried by the
 next run), so every stored chain carries a definite flag.
 
@@ -55,7 +56,9 @@ def check_answers(chains: list[Chain], questions: list[VideoQA], reader: Writer,
         The number of reader requests made.
     """
     todo = [
-        i for i, (c, qa) in enumerate(zip(chains, questions)) if c.error is None and qa.answer is not None
+        i
+        for i, (c, qa) in enumerate(zip(chains, questions))
+        if c.error is None and qa.answer is not None and qa.options  # multiple-choice only
     ]
     requests = [reader_messages(prompts, questions[i], chains[i].memories[-1]) for i in todo]
     for i, out in zip(todo, reader.write(requests) if requests else []):

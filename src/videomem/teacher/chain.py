@@ -18,7 +18,9 @@ never stored as a description or a memory.
 The prompts are plain ``str.format`` templates from the config (``configs/memories.yaml``). Fields:
 captioner ``{clip} {num_clips} {start} {end} {earlier}`` (no question: the description is shared);
 writer ``{question} {options} {clip} {num_clips} {memory} {description}``; reader (answerability.py)
-``{question} {options} {memory}``.
+``{question} {options} {memory}``. The writer's ``{options}`` is the lettered options of a
+multiple-choice question, or ``OPEN_ENDED_OPTIONS`` for an open-ended one: its answer is free text, so
+the memory must keep every detail the answer may need, not only what tells options apart.
 
 This module builds no model and opens no file.
 """
@@ -176,6 +178,17 @@ def _messages(system: str, user: str) -> list[dict]:
     return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
 
 
+OPEN_ENDED_OPTIONS = (
+    "(none: an open-ended question, answered in words; keep every detail the answer may need: who, what, "
+    "colours, counts, text on screen, and the order of events)"
+)
+
+
+def options_text(qa: VideoQA) -> str:
+    """The writer's ``{options}``: lettered lines, or ``OPEN_ENDED_OPTIONS`` when the question has none."""
+    return format_options(qa.options) if qa.options else OPEN_ENDED_OPTIONS
+
+
 def caption_messages(prompts: Prompts, qa: VideoQA, t: int, earlier: Sequence[str]) -> list[dict]:
     """Messages asking for a description of clip ``t`` (0-based) of ``qa``'s video (not its question);
     the backend adds the frames to the user turn."""
@@ -195,7 +208,7 @@ def writer_messages(prompts: Prompts, qa: VideoQA, t: int, memory: str, descript
     """Messages asking for M_t from M_{t-1} = ``memory`` and clip ``t``'s description."""
     user = prompts.writer_user.format(
         question=qa.question,
-        options=format_options(qa.options),
+        options=options_text(qa),
         clip=t + 1,
         num_clips=qa.num_clips,
         memory=memory or EMPTY,

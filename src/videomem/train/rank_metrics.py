@@ -72,9 +72,10 @@ def std_from_moments(mean: float, mean_of_squares: float) -> float:
 def rollout_sums_and_means(rollout: Rollout) -> tuple[dict[str, float], dict[str, tuple[float, float]]]:
     """``rollout.stats`` as sums and (sum, count) pairs, to be reduced over ranks (``reduce_over_ranks``).
 
-    ``prompts`` and ``samples`` are counts; ``final_answer_accuracy`` is a mean over each question's
-    last-clip samples; the advantage spread is rebuilt from the advantages' first two moments; every
-    other statistic is a mean over the rollout's samples (tree nodes), so it is weighted by them.
+    ``prompts``, ``samples`` and the judge's ``judge/*`` (requests, cache hits, failures) are counts;
+    ``final_answer_accuracy`` is a mean over each question's last-clip samples; the advantage spread is
+    rebuilt from the advantages' first two moments; every other statistic is a mean over the rollout's
+    samples (tree nodes), so it is weighted by them.
     """
     nodes = rollout.tree.nodes
     n = float(len(nodes))
@@ -85,7 +86,7 @@ def rollout_sums_and_means(rollout: Rollout) -> tuple[dict[str, float], dict[str
         final_clip[node.example_index] = max(final_clip.get(node.example_index, 0), node.clip_index)
     n_last = float(sum(node.clip_index == final_clip[node.example_index] for node in nodes))
     for key, value in rollout.stats.items():
-        if key in ("prompts", "samples"):
+        if key in ("prompts", "samples") or key.startswith("judge/"):
             sums[f"rollout/{key}"] = value
         elif key == "final_answer_accuracy":
             means[f"rollout/{key}"] = (value * n_last, n_last)

@@ -2,7 +2,8 @@
 
 One training instance is one clip step t of one question: the prompt shows the teacher memory
 M_{t-1} (M_0 empty) and the frames of clip t; the target is ``<memory>M_t</memory><answer>a</answer>``
-with the gold letter at every step (DECISION). The loss covers assistant tokens only (the policy's
+with the gold letter, or an open-ended question's reference answer, at every step, also before the
+evidence has appeared (DECISION, method.md section 2). The loss covers assistant tokens only (the policy's
 labels mask the prompt). Validation runs the real sequential loop, greedy, on a few videos.
 With Liger's kernels on (``Policy.liger_kernels``, CUDA only) the loss is Liger's fused linear
 cross-entropy on the final hidden states: the ``[N, L, V]`` logits are never materialised.
@@ -51,7 +52,9 @@ def sft_steps(
     if not qa.memories or len(qa.memories) != qa.num_clips:
         raise ValueError(f"question {qa.qid} of {qa.video_id} has no chain of memories for SFT")
     if qa.answer is None:
-        raise ValueError(f"question {qa.qid} of {qa.video_id} has no gold answer for SFT")
+        raise ValueError(
+            f"question {qa.qid} of {qa.video_id} has no gold answer (letter or reference) for SFT"
+        )
     steps = list(range(qa.num_clips))
     if steps_per_question is not None and steps_per_question < qa.num_clips:
         steps = sorted((rng or random).sample(steps, steps_per_question))

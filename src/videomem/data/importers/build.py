@@ -116,9 +116,10 @@ def make_shard(task: ShardTask) -> dict:
     """Cut the chunk's videos into clips and write its shard (temp name, rename, then the done marker).
 
     Returns:
-        The chunk's counts: ``written``, ``questions``, ``unanswerable``, ``missing``, ``failed``.
+        The chunk's counts: ``written``, ``questions`` (of which ``open`` open-ended), ``unanswerable``,
+        ``missing``, ``failed``.
     """
-    counts = {"written": 0, "questions": 0, "unanswerable": 0, "missing": [], "failed": []}
+    counts = {"written": 0, "questions": 0, "open": 0, "unanswerable": 0, "missing": [], "failed": []}
     out = Path(task.out)
 
     def samples() -> Iterator[VideoSample]:
@@ -140,6 +141,7 @@ def make_shard(task: ShardTask) -> dict:
                 continue
             counts["written"] += 1
             counts["questions"] += len(item.questions)
+            counts["open"] += sum(q.get("kind") == "open" for q in item.questions)
             counts["unanswerable"] += sum(q.get("answer") is None for q in item.questions)
             yield VideoSample(video_id=item.video_id, clips=clips, meta=meta)
 
@@ -204,8 +206,7 @@ def _scan(
         counts = problems.close()
     scan = {
         "questions": {str(b): q for b, q in per_bucket.items()},
-        "bad_rows": sum(v for k, v in counts.items() if k != "no_options"),
-        "no_options_turns": counts.get("no_options", 0),
+        "bad_rows": sum(counts.values()),
     }
     write_json(marker, scan)
     return scan
@@ -245,7 +246,8 @@ def import_videos(
 
     Returns:
         Summary: ``format``, ``part``, ``workers``, ``videos`` (annotated), ``written``, ``questions``,
-        ``unanswerable`` (without a gold letter), ``bad_rows``, ``no_options_turns``, ``skipped``,
+        ``questions_by_kind`` (``mc`` multiple-choice, ``open`` open-ended), ``unanswerable`` (without a
+        gold answer), ``bad_rows``, ``skipped``,
         ``missing``, ``failed``, ``resumed_shards``, ``shards``, ``seconds``, ``videos_per_minute``
         (made in this run).
 
@@ -328,10 +330,10 @@ def import_videos(
 
     _run(tasks(), workers, done)
     bar.close()
-    totals = {"written": 0, "questions": 0, "unanswerable": 0, "missing": [], "failed": []}
+    totals = {"written": 0, "questions": 0, "open": 0, "unanswerable": 0, "missing": [], "failed": []}
     for name in sorted(per_shard):
         for k in totals:
-            totals[k] += per_shard[name][k]
+            totals[k] += per_shard[name].get(k, type(totals[k])())  # a shard made before kinds: no "open"
     skipped = {"missing": totals["missing"], "failed": totals["failed"]}
     write_json(out / f"skipped{suffix}.json", skipped)
     seconds = time.perf_counter() - start
@@ -342,9 +344,9 @@ def import_videos(
         "videos": stats["videos"],
         "written": totals["written"],
         "questions": totals["questions"],
+        "questions_by_kind": {"mc": totals["questions"] - totals["open"], "open": totals["open"]},
         "unanswerable": totals["unanswerable"],
         "bad_rows": scan["bad_rows"],
-        "no_options_turns": scan["no_options_turns"],
         "skipped": len(totals["missing"]) + len(totals["failed"]),
         **skipped,
         "resumed_shards": stats["resumed"],

@@ -6,17 +6,21 @@ Two formats, each read by one generator of ``ImportItem``s (plan.py; build.py gr
   ``{"video": "rel/path.mp4", "question": str, "options": [str, ...], "answer": "B" | 1 | "text",
   "id": str?, "category": str?, "memories": [str] * T?}``. ``options`` may be left out when the
   question carries lettered lines (``A. red``); ``answer`` is a letter, a 0-based index or an option text.
-- ``iter_llava``: the LLaVA conversation format of LLaVA-Video-178K's multiple-choice files and
-  VideoMarathon's training JSON: a list of ``{"id", "video", "data_source", "conversations": [human,
-  gpt, human, gpt, ...]}``; each human turn with lettered options and its gpt answer (``"B."`` or
-  ``"D. Light pink."``) is one question of ``<data_source>/<video>``. Turns without lettered options
-  (open-ended or captioning turns) are counted in ``problems`` as ``no_options`` and skipped.
+  A row with neither is an open-ended question and its ``answer`` the reference text.
+- ``iter_llava``: the LLaVA conversation format of LLaVA-Video-178K's files and VideoMarathon's training
+  JSON: a list of ``{"id", "video", "data_source", "question_type"?, "conversations": [human, gpt,
+  human, gpt, ...]}``; each human turn and its gpt reply is one question of ``<data_source>/<video>``
+  (``llava_question``): multiple-choice when the turn has lettered options (the reply ``"B."`` or
+  ``"D. Light pink."`` names the letter), else open-ended with the reply as the reference answer.
+  VideoMarathon's ``question_type`` (a string for every turn of the record, or a list with one per
+  turn), whose last ``/``-segment is ``mc`` or ``oe``, decides the kind where present (``turn_kind``).
 
 What one row or turn becomes is decided by one function each (``jsonl_question``, ``llava_question``);
 the readers around them only walk the file. A bad row or turn never stops the import: it becomes a
 problem ``{"line"/"record", "field", "error"}``, reported to the reader's ``on_problem``, and is
-skipped. Questions come out in the shard schema's form (``qid``, ``question`` without options,
-``options`` without letters, ``answer`` letter, ``category``, ``categories``, ``memories``).
+skipped. Questions come out in the shard schema's form (``qid``, ``question`` without options, ``kind``,
+``options`` without letters, ``answer`` letter or reference text, ``category``, ``categories``,
+``memories``).
 
 This module reads annotation files only: it opens no video and writes nothing. Memory does not grow
 with the file: jsonl is read line by line, LLaVA's JSON list element by element (stream.py).
@@ -138,12 +142,11 @@ def jsonl_question(row: object, line: int, num_clips: int) -> tuple[str, dict]:
         options = check_options(row["options"])
     else:
         question, options, _ = split_lettered(question)
-        if not options:
-            raise RowError("options", "no 'options' list and no lettered option lines in the question")
-        options = check_options(options)
+        options = check_options(options) if options else []  # neither: an open-ended question
     if "answer" not in row:
-        raise RowError("answer", "missing 'answer' (a letter, a 0-based index or the option text)")
-    answer = resolve_answer(row["answer"], options)
+        what = "a letter, a 0-based index or the option text" if options else "the reference answer text"
+        raise RowError("answer", f"missing 'answer' ({what})")
+    answer = resolve_answer(row["answer"], options) if options else reference_answer(row["answer"])
     memories = row.get("memories")
     if memories is not None:
         if not isinstance(memories, list) or not all(isinstance(m, str) for m in memories):
@@ -159,6 +162,7 @@ def jsonl_question(row: object, line: int, num_clips: int) -> tuple[str, dict]:
     q = {
         "qid": str(qid),
         "question": question.strip(),
+        "kind": "mc" if options else "open",
         "options": options,
         "answer": answer,
         "category": category,
@@ -214,23 +218,64 @@ def llava_turns(record: dict) -> list[tuple[str, str]]:
     return pairs
 
 
-def llava_question(human: str, gpt: str, qid: str, category: str) -> dict:
-    """One human turn with lettered options and its gpt answer -> a question dict.
+def reference_answer(answer: object) -> str:
+    """An open-ended question's reference answer: non-empty text (a number is taken as its text).
 
     Raises:
-        RowError: No lettered options (field ``no_options``), no question text, bad options or answer.
+        RowError: Not a non-empty string or a number.
+    """
+    if isinstance(answer, (int, float)) and not isinstance(answer, bool):
+        answer = str(answer)
+    if not isinstance(answer, str) or not answer.strip():
+        raise RowError("answer", f"an open-ended answer must be non-empty text, got {answer!r:.60}")
+    return answer.strip()
+
+
+def turn_kind(question_type: object, turn: int) -> str | None:
+    """``"mc"`` / ``"open"`` from VideoMarathon's ``question_type`` for turn ``turn``, None when absent.
+
+    Raises:
+        RowError: A type that does not end in ``mc`` or ``oe``, or a list without an entry for the turn.
+    """
+    if question_type is None:
+        return None
+    if isinstance(question_type, list):
+        if turn >= len(question_type):
+            raise RowError("question_type", f"{len(question_type)} question types, none for turn {turn}")
+        question_type = question_type[turn]
+    last = str(question_type).rstrip("/").rsplit("/", 1)[-1]
+    if last not in ("mc", "oe"):
+        raise RowError("question_type", f"question_type {question_type!r} does not end in mc or oe")
+    return "mc" if last == "mc" else "open"
+
+
+def llava_question(human: str, gpt: str, qid: str, category: str, kind: str | None = None) -> dict:
+    """One human turn and its gpt reply -> a question dict: multiple-choice when the turn has lettered
+    options, else open-ended (the reply is the reference); ``kind`` (from ``turn_kind``) overrides.
+
+    Raises:
+        RowError: A multiple-choice turn without lettered options or question text, bad options or answer,
+            or an open-ended turn without a reply.
     """
     question, options, _ = split_lettered(human)
-    if not options:
-        raise RowError("no_options", "no lettered options")
-    if not question:
-        raise RowError("question", "no question text before the options")
-    options = check_options(options)
+    if kind == "open" or (kind is None and not options):
+        question, options = human.replace("<image>", "").strip(), []
+        if not question:
+            raise RowError("question", "an empty human turn")
+        answer = reference_answer(gpt)
+    else:
+        if not options:
+            raise RowError("question_type", "a multiple-choice turn without lettered options")
+        if not question:
+            raise RowError("question", "no question text before the options")
+        options = check_options(options)
+        answer = resolve_answer(gpt, options)
     return {
         "qid": qid,
         "question": question,
+        "kind": "mc" if options else "open",
         "options": options,
-        "answer": resolve_answer(gpt, options),
+        "answer": answer,
         "category": category,
         "categories": [category],
         "memories": None,
@@ -255,7 +300,8 @@ def llava_record(record: object, n: int, on_problem: Callable[[dict], None]) -> 
     questions = []
     for k, (human, gpt) in enumerate(turns):
         try:
-            questions.append(llava_question(human, gpt, f"{rid}#{k}", source or "llava"))
+            kind = turn_kind(record.get("question_type"), k)
+            questions.append(llava_question(human, gpt, f"{rid}#{k}", source or "llava", kind))
         except RowError as e:
             on_problem({"record": rid, "turn": k, "field": e.field, "error": str(e)})
     if not questions:
@@ -267,8 +313,7 @@ def iter_llava(path: str | Path, on_problem: Callable[[dict], None]) -> Iterator
     """The questions of a LLaVA conversation JSON (module docstring), one item per record, read as a
     stream (stream.py: memory does not grow with the file); the video is ``<data_source>/<video>``.
 
-    Problems ``{"record", "field", "error"}`` go to ``on_problem``; turns without lettered options are
-    problems with field ``no_options``.
+    Problems ``{"record", "field", "error"}`` go to ``on_problem``.
 
     Raises:
         ValueError: The file is not a JSON list (one line).

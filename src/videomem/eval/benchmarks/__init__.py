@@ -4,7 +4,9 @@ Each module has ``NAME``, ``RECORD_KEYS`` (the record keys its scorer needs beyo
 ``answer``, ``categories``), ``read_annotations(path) -> list[BenchVideo]`` (the files exactly as
 published) and ``official_score(records) -> dict`` (the benchmark's official aggregate as ``score``,
 the pooled ``accuracy``, ``parse_failure_rate`` and breakdowns named ``group/value``; fractions in
-[0, 1]). Formats and rules: ``docs/benchmarks.md`` and each module's docstring.
+[0, 1]). A benchmark whose official scoring needs an LLM judge (MLVU's generation tasks) also has
+``judge_generation(records, endpoint)``, which ``make eval ... judge=openai`` calls before scoring.
+Formats and rules: ``docs/benchmarks.md`` and each module's docstring.
 
 ``BENCHMARKS`` is the one dict from benchmark name to module.
 """

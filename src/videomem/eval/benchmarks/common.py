@@ -4,7 +4,9 @@ A benchmark module turns the published annotation files into ``BenchVideo`` obje
 already in the shard schema's question form (``qid``, ``question`` without embedded options, ``options``
 without letter prefixes, ``answer`` letter or None, ``category``, ``categories`` plus its own keys), and
 scores *records* with the benchmark's official aggregate. A record is one answered question:
-``{"qid", "pred" (letter | None), "answer" (letter | None), "categories", **benchmark keys}``.
+``{"qid", "pred" (letter | None), "answer" (letter | None), "categories", **benchmark keys}``; an
+open-ended question (``make_open_question``: MLVU's generation tasks) has ``"kind": "open"``, no
+options, a reference text as ``answer`` and a free-text ``pred``.
 
 Scoring rule shared by all benchmarks: a record is correct iff ``pred`` is a letter equal to ``answer``.
 An unparsable prediction (None) is wrong, never replaced by a random option, and a question without a
@@ -99,6 +101,35 @@ def make_question(
     }
 
 
+def make_open_question(
+    qid: str,
+    question: str,
+    reference: str | None,
+    category: str,
+    categories: list[str] | None = None,
+    **extra,
+) -> dict:
+    """An open-ended question dict in the shard schema's form: no options, the reference answer text.
+
+    Raises:
+        ValueError: A reference that is not a non-empty string.
+    """
+    if reference is not None and (not isinstance(reference, str) or not reference.strip()):
+        raise ValueError(
+            f"question {qid!r}: the reference answer must be a non-empty string, got {reference!r:.60}"
+        )
+    return {
+        "qid": str(qid),
+        "question": question.strip(),
+        "kind": "open",
+        "options": [],
+        "answer": reference.strip() if reference is not None else None,
+        "category": category,
+        "categories": list(categories) if categories else [category],
+        **extra,
+    }
+
+
 def strip_option_prefix(option: str, index: int) -> str:
     """``"A. text"`` / ``"(A) text"`` -> ``"text"`` when the letter is the one of position ``index``.
 
@@ -130,7 +161,12 @@ def check_records(records: list[dict], keys: Iterable[str] = ()) -> None:
         missing = [k for k in required if k not in r]
         if missing:
             raise ValueError(f"record {r.get('qid')!r} lacks {missing}; a record needs {list(required)}")
-        if r["pred"] is not None and (not isinstance(r["pred"], str) or r["pred"] not in LETTERS):
+        if r.get("kind") == "open":  # a free-text answer
+            if r["pred"] is not None and not isinstance(r["pred"], str):
+                raise ValueError(
+                    f"record {r['qid']!r}: an open-ended pred must be text or None, got {r['pred']!r}"
+                )
+        elif r["pred"] is not None and (not isinstance(r["pred"], str) or r["pred"] not in LETTERS):
             raise ValueError(f"record {r['qid']!r}: pred must be a letter or None, got {r['pred']!r}")
 
 

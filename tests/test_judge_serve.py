@@ -1,0 +1,156 @@
+"""The LLM judge against a REAL ``transformers serve`` on 127.0.0.1, started and stopped by this module.
+
+The served model is the project's tiny Qwen2 LM (``teacher.local.tiny_writer_model``) made to reply one
+verdict: its layers' output projections are zeroed, so each position's hidden state is its token's
+embedding, and the LM head is set so that the token after the chat template's generation prompt is the
+first token of "correct", each of those tokens is followed by the next and the last by ``<|im_end|>``
+(a bigram chain). So the whole HTTP path runs for real (chat template, generation, the OpenAI-compatible
+reply, N requests in flight, retries, timeouts), and the strict verdict parser sees a real reply. Slow:
+the server takes about 20 s to start on a CPU.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.test_memory_loop import make_qa
+from tests.test_rl_judge import OPEN, OpenPolicy
+from tests.test_teacher_serve import free_port
+from videomem.rl.judge import build_judge
+from videomem.rl.rewards import RewardConfig, answer_reward
+from videomem.rl.rollout import RolloutConfig, prpo_rollout
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        any(importlib.util.find_spec(m) is None for m in ("fastapi", "uvicorn", "openai")),
+        reason="transformers serve needs fastapi, uvicorn and openai",
+    ),
+]
+VERDICT = "correct"
+PROMPT = "Question: {question}\nReference answer: {reference}\nAnswer to grade: {prediction}\nVerdict:"
+
+
+def verdict_model(verdict: str):
+    """The tiny LM whose greedy reply to any chat is ``verdict`` (module docstring)."""
+    from videomem.model.tiny import EOS
+    from videomem.teacher.local import tiny_writer_model
+
+    model, tok = tiny_writer_model(seed=0)
+    for layer in model.model.layers:  # each layer adds nothing: the residual stream is the embedding
+        torch.nn.init.zeros_(layer.self_attn.o_proj.weight)
+        torch.nn.init.zeros_(layer.mlp.down_proj.weight)
+    text = tok.apply_chat_template(
+        [{"role": "user", "content": "x"}], tokenize=False, add_generation_prompt=True
+    )
+    prompt = tok.encode(text, add_special_tokens=False)
+    chain = [prompt[-1], *tok.encode(verdict, add_special_tokens=False), tok.convert_tokens_to_ids(EOS)]
+    assert len(set(chain)) == len(chain), chain  # a bigram chain needs distinct tokens
+    emb = model.model.embed_tokens.weight.detach()
+    with torch.no_grad():
+        model.lm_head.weight.zero_()
+        for a, b in zip(chain, chain[1:]):  # logit of b after a: 20 x |normed emb a| ~ 160; others far less
+            model.lm_head.weight[b] += 20 * emb[a] / emb[a].norm()
+    return model, tok
+
+
+@pytest.fixture(scope="module")
+def judge_server(tmp_path_factory):
+    """``(base_url, model name)`` of a `transformers serve` process serving the verdict model."""
+    cli = shutil.which("transformers") or str(Path(sys.executable).parent / "transformers")
+    if not Path(cli).exists():
+        pytest.skip("the transformers CLI is not installed")
+    model_dir = tmp_path_factory.mktemp("judge") / "verdict-lm"
+    model, tok = verdict_model(VERDICT)
+    model.save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    port = free_port()
+    log = open(model_dir.parent / "serve.log", "w")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [cli, "serve", str(model_dir), "--host", "127.0.0.1", "--port", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=model_dir.parent,
+    )
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/models", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(
+                    "transformers serve did not start: "
+                    + (model_dir.parent / "serve.log").read_text()[-2000:]
+                )
+            time.sleep(0.5)
+        yield url, str(model_dir)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def _judge(server, **kw):
+    url, model = server
+    settings = dict(
+        base_url=url, model=model, max_in_flight=4, timeout=60.0, retries=1, backoff=0.1, max_tokens=8
+    )
+    return build_judge("Grade the answer.", PROMPT, **{**settings, **kw})
+
+
+def _open(answer: str) -> str:
+    return OPEN.format(answer)
+
+
+def test_verdicts_come_from_the_server_are_cached_and_failures_fall_back(judge_server):
+    judge = _judge(judge_server)
+    texts = [_open(a) for a in ("red", "red blue", "blue", "red", "green green")] + ["<memory>m</memory>"]
+    values = answer_reward(texts, ["red blue"] * 6, num_options=0, question="Which?", judge=judge)
+    assert values == [1.0] * 5 + [0.0]  # the server said "correct" to each answer; no answer: no request
+    assert judge.take_stats() == {
+        "judge/requests": 4.0, "judge/cache_hits": 1.0, "judge/errors": 0.0, "judge/unparsable": 0.0,
+        "judge/fallbacks": 0.0,
+    }  # fmt: skip
+    # a real reply outside the scale is unparsable: the rule score stands in
+    binary = _judge(judge_server, scale={"judgement: 1": 1.0, "judgement: 0": 0.0})
+    assert answer_reward(texts[:2], ["red blue"] * 2, num_options=0, judge=binary) == pytest.approx(
+        [4 / 9, 1.0]
+    )
+    assert binary.take_stats()["judge/unparsable"] == 2.0
+    # a request that times out (twice: one retry) falls back too, and nothing raises
+    hasty = _judge(judge_server, timeout=0.001)
+    assert answer_reward(texts[:1], ["red blue"], num_options=0, judge=hasty) == pytest.approx([4 / 9])
+    stats = hasty.take_stats()
+    assert (stats["judge/errors"], stats["judge/fallbacks"]) == (1.0, 1.0) and hasty.endpoint.calls == 2
+
+
+def test_a_psp_rollout_scores_open_ended_answers_through_the_judge_and_logs_it(judge_server):
+    qa = make_qa(0, 2)
+    qa.options, qa.answer = [], "red blue"  # open-ended
+    reward = RewardConfig(answer_target="provisional", judge=_judge(judge_server))
+    rollout = prpo_rollout(
+        OpenPolicy(), [qa], RolloutConfig(group_size=2, max_new_tokens=8), reward, generator=torch.Generator()
+    )
+    terms = [(n.clip_index, n.reward_terms["answer"], n.reward_terms["format"]) for n in rollout.tree.nodes]
+    assert terms == [(0, 1.0, 1.0), (0, 0.0, 0.0), (1, 1.0, 1.0), (1, 1.0, 1.0)]  # judge: "correct"
+    assert [n.memory_in for n in rollout.tree.nodes if n.clip_index == 1] == ["first colours so far: red"] * 2
+    assert rollout.stats["judge/requests"] == 2.0 and rollout.stats["judge/cache_hits"] == 1.0
+    assert rollout.stats["judge/fallbacks"] == 0.0
