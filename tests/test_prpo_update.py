@@ -13,7 +13,8 @@ import torch
 
 from videomem.model.policy import build_policy
 from videomem.rl.rollout import RolloutSample
-from videomem.train.prpo import PRPOModule, _ended_samples, _micro_batches, _prompt_groups, _update_samples
+from videomem.train.prpo import PRPOModule
+from videomem.train.update_batches import ended_samples, micro_batches, prompt_groups, update_samples
 
 TINY = {"hidden_size": 64, "num_hidden_layers": 2, "intermediate_size": 128}
 
@@ -145,22 +146,22 @@ def test_shared_prefix_update_has_the_same_loss_and_gradients(use_liger, kl_coef
 def test_micro_batches_keep_prompt_groups_whole():
     policy = build_policy("qwen2_5_vl", tiny=TINY)
     samples = _samples(policy)
-    groups = _prompt_groups(samples)
+    groups = prompt_groups(samples)
     assert sorted(len(g) for g in groups) == [1, 2, 3]
     assert all(len({(s.example_index, s.clip_index, s.parent_id) for s in g}) == 1 for g in groups)
-    chunks = _micro_batches(samples, 2, whole_groups=True)
+    chunks = micro_batches(samples, 2, whole_groups=True)
     assert sum(len(c) for c in chunks) == len(samples)
     for c in chunks:  # no group is split over two micro-batches
         assert all(
-            len(g) == len([s for s in samples if s.parent_id == g[0].parent_id]) for g in _prompt_groups(c)
+            len(g) == len([s for s in samples if s.parent_id == g[0].parent_id]) for g in prompt_groups(c)
         )
-    assert [len(c) for c in _micro_batches(samples, 2)] == [2, 2, 2]
+    assert [len(c) for c in micro_batches(samples, 2)] == [2, 2, 2]
 
 
 def test_rollout_keeps_the_sampled_ids_and_the_update_trains_them():
     from tests.test_memory_loop import make_qa
     from videomem.rl.rollout import RewardConfig, RolloutConfig, prpo_rollout
-    from videomem.train.prpo import _completion
+    from videomem.train.update_batches import trained_completion
 
     policy = build_policy("qwen2_5_vl", tiny=TINY).eval()
     m = policy.patch_multiple
@@ -171,12 +172,14 @@ def test_rollout_keeps_the_sampled_ids_and_the_update_trains_them():
     assert len(rollout.samples) == 6
     for s in rollout.samples:
         assert s.completion_ids is not None and policy.decode(s.completion_ids) == s.completion
-        assert _completion(s) is s.completion_ids
+        assert trained_completion(s) is s.completion_ids
     # ids that a re-tokenisation of the text would not give back: the update trains the ids
     sample = rollout.samples[0]
     odd = policy._encode("<memory>") + [policy._encode("a")[0], policy._encode("b")[0]]
     sample.completion_ids = odd
-    _, targets, mask = policy.group_hidden_states([sample.messages], [sample.video], [[_completion(sample)]])
+    _, targets, mask = policy.group_hidden_states(
+        [sample.messages], [sample.video], [[trained_completion(sample)]]
+    )
     assert targets[0, : int(mask[0].sum())].tolist() == odd + [policy.im_end_id]
 
 
@@ -269,7 +272,7 @@ def test_update_samples_skip_zero_advantages_when_asked():
     samples = [
         RolloutSample(k, 0, 0, [], None, "x", a, None, None) for k, a in enumerate([0.0, 1.0, 0.0, -1.0])
     ]
-    kept = lambda skip: [s.node_id for s in _update_samples(samples, skip)]  # noqa: E731
+    kept = lambda skip: [s.node_id for s in update_samples(samples, skip)]  # noqa: E731
     assert kept(True) == [1, 3]  # a KL term, if any, acts on the updated samples only
     assert kept(False) == [0, 1, 2, 3]
 
@@ -294,8 +297,8 @@ def test_the_reference_policy_stays_out_of_checkpoints():
 
 def test_overlong_filter_leaves_truncated_samples_out():
     samples = [RolloutSample(k, 0, 0, [], None, "x", 1.0, None, None, truncated=k % 2 == 1) for k in range(4)]
-    assert [s.node_id for s in _ended_samples(samples, True)] == [0, 2]
-    assert [s.node_id for s in _ended_samples(samples, False)] == [0, 1, 2, 3]
+    assert [s.node_id for s in ended_samples(samples, True)] == [0, 2]
+    assert [s.node_id for s in ended_samples(samples, False)] == [0, 1, 2, 3]
 
 
 @pytest.mark.parametrize("open_ended", [False, True])

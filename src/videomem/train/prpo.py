@@ -9,7 +9,9 @@ One training step = one batch of questions:
 Samples with zero advantage add nothing to the loss or gradient when there is no KL term, so they
 are skipped in the update (their tokens still count in the normaliser). Under DDP every rank runs
 the same number of micro-batches (padding with zero-weight ones), and gradients are reduced over ranks
-once per optimizer step, in the last micro-batch's backward. The logged metrics are those of every
+once per optimizer step under DDP (in the last micro-batch's backward), in every backward under FSDP2
+(``train/parallel.py`` ``backward_sync``). Which samples the update trains, in which micro-batches:
+``train/update_batches.py``. The logged metrics are those of every
 rank's samples (``train/rank_metrics.py``).
 Under ModelParallelStrategy the policy (and the reference policy) is sharded with FSDP2 in
 ``configure_model``; the rollout runs with the weights gathered (``gathered_for_generation``), so
@@ -41,6 +43,13 @@ from videomem.train.parallel import (
 )
 from videomem.train.rank_metrics import prpo_step_metrics
 from videomem.train.resume import gather_per_rank, this_rank
+from videomem.train.update_batches import (
+    ended_samples,
+    micro_batches,
+    prompt_groups,
+    trained_completion,
+    update_samples,
+)
 from videomem.train.validation import LoopValidation
 
 
@@ -201,12 +210,12 @@ class PRPOModule(LightningModule):
         ``stats["logprobs"]``: the old log-probs of the later epochs over the same micro-batch.
         """
         if self.shared_prefix_update:  # each prompt once, its sampled completions packed after it
-            groups = _prompt_groups(samples)
+            groups = prompt_groups(samples)
             samples = [s for g in groups for s in g]  # row order of group_hidden_states
             args = (
                 [g[0].messages for g in groups],
                 [g[0].video for g in groups],
-                [[_completion(s) for s in g] for g in groups],
+                [[trained_completion(s) for s in g] for g in groups],
             )
             hidden, targets, mask = self.policy.group_hidden_states(*args)  # [N, C, H], [N, C], [N, C]
             ref_hidden = lambda: self.ref_policy.group_hidden_states(*args)[0]  # noqa: E731
@@ -214,7 +223,7 @@ class PRPOModule(LightningModule):
             inputs = self.policy.build_inputs(
                 [s.messages for s in samples],
                 [s.video for s in samples],
-                completions=[_completion(s) for s in samples],
+                completions=[trained_completion(s) for s in samples],
             ).to(self.device)
             hidden = self.policy.hidden_states(inputs)[:, :-1]  # [B, L-1, H] predicts tokens 1..L-1
             targets = inputs.input_ids[:, 1:]  # [B, L-1]
@@ -267,7 +276,7 @@ class PRPOModule(LightningModule):
         rollout = self.rollout(batch)
         t_rollout = time.perf_counter() - t0
 
-        samples = _ended_samples(rollout.samples, self.overlong_filter)
+        samples = ended_samples(rollout.samples, self.overlong_filter)
         tokens = [  # response tokens + <|im_end|>, the global token-mean's normaliser
             (
                 len(s.completion_ids)
@@ -279,8 +288,8 @@ class PRPOModule(LightningModule):
         ]
         _, world = rank_and_world()
         stats_t = torch.tensor([float(sum(tokens)), 0.0], device=self.device)
-        samples = _update_samples(samples, self.skip_zero_advantage)
-        chunks = _micro_batches(samples, self.micro_batch_size, whole_groups=self.shared_prefix_update)
+        samples = update_samples(samples, self.skip_zero_advantage)
+        chunks = micro_batches(samples, self.micro_batch_size, whole_groups=self.shared_prefix_update)
         stats_t[1] = len(chunks)
         if world > 1:  # global token count and equal micro-batch counts, once per step (not per call)
             sums = stats_t[:1].clone()
@@ -371,44 +380,3 @@ def _trainable_parameters(policy: nn.Module) -> list[nn.Parameter]:
         if p.requires_grad:
             (vision if ".visual." in f".{name}." else rest).append(p)
     return rest + vision
-
-
-def _ended_samples(samples: list[RolloutSample], overlong_filter: bool) -> list[RolloutSample]:
-    """The samples the update and its normaliser see: all, or (``overlong_filter``) those that ended
-    with a stop token (one cut at ``max_new_tokens`` would be trained as if it had ended there)."""
-    return [s for s in samples if not (overlong_filter and s.truncated)]
-
-
-def _update_samples(samples: list[RolloutSample], skip_zero_advantage: bool) -> list[RolloutSample]:
-    """The samples the update runs: all, or (``skip_zero_advantage``) those whose advantage is not zero."""
-    if not skip_zero_advantage:
-        return list(samples)
-    return [s for s in samples if s.advantage != 0.0]
-
-
-def _completion(sample: RolloutSample) -> str | list[int]:
-    """What the update trains: the sampled token ids when the rollout kept them, else the text."""
-    return sample.completion_ids if sample.completion_ids is not None else sample.completion
-
-
-def _prompt_groups(samples: list[RolloutSample]) -> list[list[RolloutSample]]:
-    """Samples grouped by the prompt they were sampled from (example, clip, carried memory's node)."""
-    groups: dict[tuple, list[RolloutSample]] = {}
-    for s in samples:
-        groups.setdefault((s.example_index, s.clip_index, s.parent_id), []).append(s)
-    return list(groups.values())
-
-
-def _micro_batches(
-    samples: list[RolloutSample], size: int, whole_groups: bool = False
-) -> list[list[RolloutSample]]:
-    """Consecutive micro-batches of ``size`` samples; with ``whole_groups`` a prompt group is never split
-    (a micro-batch takes whole groups until it holds at least ``size`` samples)."""
-    if not whole_groups:
-        return [samples[i : i + size] for i in range(0, len(samples), size)]
-    chunks: list[list[RolloutSample]] = [[]]
-    for group in _prompt_groups(samples):
-        if len(chunks[-1]) >= size:
-            chunks.append([])
-        chunks[-1].extend(group)
-    return [c for c in chunks if c]
