@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.serving import free_port
 
 pytestmark = pytest.mark.distributed
 
@@ -35,12 +36,6 @@ def setup(tmp_path_factory) -> tuple[Path, Path]:
     ).save_pretrained(root / "policy")
     generate_dataset(root / "data", splits={"test": 4}, num_clips=2, seed=3, workers=1, max_per_shard=2)
     return root / "policy", root / "data" / "test"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def eval_args(setup, run_dir: Path, *extra: str) -> list[str]:

@@ -12,19 +12,13 @@ the server takes about 20 s to start on a CPU.
 from __future__ import annotations
 
 import importlib.util
-import shutil
-import subprocess
-import sys
-import time
-import urllib.request
-from pathlib import Path
 
 import pytest
 import torch
 
+from tests.serving import served
 from tests.test_memory_loop import make_qa
 from tests.test_rl_judge import OPEN, OpenPolicy
-from tests.test_teacher_serve import free_port
 from videomem.rl.judge import build_judge
 from videomem.rl.rewards import RewardConfig, answer_reward
 from videomem.rl.rollout import RolloutConfig, prpo_rollout
@@ -66,46 +60,9 @@ def verdict_model(verdict: str):
 @pytest.fixture(scope="module")
 def judge_server(tmp_path_factory):
     """``(base_url, model name)`` of a `transformers serve` process serving the verdict model."""
-    cli = shutil.which("transformers") or str(Path(sys.executable).parent / "transformers")
-    if not Path(cli).exists():
-        pytest.skip("the transformers CLI is not installed")
-    model_dir = tmp_path_factory.mktemp("judge") / "verdict-lm"
     model, tok = verdict_model(VERDICT)
-    model.save_pretrained(model_dir)
-    tok.save_pretrained(model_dir)
-    port = free_port()
-    log = open(model_dir.parent / "serve.log", "w")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [cli, "serve", str(model_dir), "--host", "127.0.0.1", "--port", str(port)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        cwd=model_dir.parent,
-    )
-    url = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/models", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError(
-                    "transformers serve did not start: "
-                    + (model_dir.parent / "serve.log").read_text()[-2000:]
-                )
-            time.sleep(0.5)
-        yield url, str(model_dir)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+    with served(model, tok, tmp_path_factory.mktemp("judge") / "verdict-lm") as server:
+        yield server
 
 
 def _judge(server, **kw):

