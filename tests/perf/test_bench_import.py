@@ -12,7 +12,8 @@ takes to read a large annotation file.
    to show it does not grow with the file): the import's planning stage (the file read as a stream,
    spilled into buckets, every bucket then loaded and grouped in turn, as the import does) against
    ``json.loads`` of the whole file (what the importer did before). Each runs in a fresh subprocess;
-   the figure is its peak RSS (``ru_maxrss``) above the RSS after its imports.
+   the figure is its peak RSS (``VmHWM``; ``ru_maxrss`` would carry the peak of the pytest process
+   across fork + exec) above the RSS after its imports.
 """
 
 from __future__ import annotations
@@ -111,14 +112,17 @@ def _annotation(megabytes: int) -> Path:
 
 
 PEAK = """
-import json, resource, sys, tempfile
+import json, sys, tempfile
 from pathlib import Path
 from videomem.data.importers.build import ProblemLog
 from videomem.data.importers.formats import iter_llava
 from videomem.data.importers.plan import bucket_count, load_bucket, spill
 
+def hwm_kib():  # this process's peak RSS: ru_maxrss would carry the parent's peak across fork + exec
+    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+
 path, how = Path(sys.argv[1]), sys.argv[2]
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+base = hwm_kib()
 if how == "loads":
     data = json.loads(path.read_text(encoding="utf-8"))
     n = len(data)
@@ -129,7 +133,7 @@ else:
     counts = spill(iter_llava(path, problems.add), state, buckets, (1, 1))
     problems.close()
     n = sum(len(load_bucket(state, b)) for b in range(buckets))  # videos, grouped bucket by bucket
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+peak = hwm_kib()
 print(json.dumps({"mb": (peak - base) / 1024, "n": n}))
 """
 
