@@ -8,23 +8,17 @@ import pytest
 import torch
 
 from tests.reference_decoding import reference_generate
-from tests.test_model_policy_generate import prompt_parts
+from tests.test_model_policy_generate import prompt_parts, sharp_policy
 from videomem.model import generation
 from videomem.model.decoding import sample_next
 from videomem.model.features import shared_vision
-from videomem.model.policy import build_policy
 
 
 @pytest.fixture(scope="module", params=["qwen2_5_vl", "qwen3_vl"])
 def policy(request):
     """A tiny policy with sharp random weights whose <|im_end|> logit is raised, so that samples end at
     different steps and the batch really shrinks."""
-    policy = build_policy(request.param)
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, param in policy.model.named_parameters():
-            if param.dim() == 2 and "language_model" in name:
-                param.copy_(torch.randn(param.shape, generator=gen) * 0.25)
+    policy = sharp_policy(request.param)
     im_end = policy.im_end_id
     hook = policy.model.lm_head.register_forward_hook(
         lambda m, a, out: out.index_add_(-1, torch.tensor([im_end]), torch.full((*out.shape[:-1], 1), 4.0))

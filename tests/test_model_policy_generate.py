@@ -9,16 +9,20 @@ from videomem.model.decoding import sample_next
 from videomem.model.policy import build_policy
 
 
-@pytest.fixture(scope="module", params=["qwen2_5_vl", "qwen3_vl"])
-def policy(request):
+def sharp_policy(arch: str):
     """A tiny policy with large random weights: sharp attention, so wrong positions change the tokens."""
-    policy = build_policy(request.param)
+    policy = build_policy(arch)
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for name, param in policy.model.named_parameters():
             if param.dim() == 2 and "language_model" in name:
                 param.copy_(torch.randn(param.shape, generator=gen) * 0.25)
     return policy
+
+
+@pytest.fixture(scope="module", params=["qwen2_5_vl", "qwen3_vl"])
+def policy(request):
+    return sharp_policy(request.param)
 
 
 def prompts(policy):
