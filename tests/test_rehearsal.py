@@ -73,3 +73,37 @@ def test_a_failed_stage_is_reported_and_fails_the_rehearsal(tmp_path):
     assert not bug.ok and bug.outcome.startswith("FAILED: KeyError")
     text = table([Stage("sft", 44.2, {0: 594.4, 1: 590.0}, "4 steps", True)])
     assert text.splitlines()[-1] == "| sft | 44 s | 594/590 | 4 steps |"
+
+
+def test_a_failed_node_stops_the_stage_and_its_log_says_why(tmp_path):
+    """One node fails while the other would wait on (as torchrun's exit barrier waits 300 s for a lost
+    node): the survivor is killed after the grace period and the failure carries the failed node's log."""
+    rehearsal = Rehearsal(tmp_path)
+    fails = (
+        "import sys; print('Traceback (most recent call last):'); print('ValueError: the cause');"
+        "print('\\n'.join(f'noise {i}' for i in range(60))); sys.exit(3)"
+    )
+    procs = [
+        rehearsal._launch(
+            [sys.executable, "-c", "import time; time.sleep(60)"], tmp_path / "logs" / "x.node0.log"
+        ),
+        rehearsal._launch([sys.executable, "-c", fails], tmp_path / "logs" / "x.node1.log"),
+    ]
+    start = time.monotonic()
+    with pytest.raises(StageFailed) as failed:
+        rehearsal.wait(procs, "x", grace=1.0)
+    assert time.monotonic() - start < 20
+    assert str(failed.value).startswith("exit status 3")
+    detail = failed.value.detail  # from the traceback on, though 60 lines followed it
+    assert "x.node1.log" in detail and "ValueError: the cause" in detail and "noise 59" in detail
+    assert procs[0].returncode == -9  # the survivor was killed, not waited for
+
+
+def test_a_stage_that_runs_too_long_is_killed_with_every_log(tmp_path):
+    rehearsal = Rehearsal(tmp_path)
+    sleeps = [sys.executable, "-c", "print('still going', flush=True); import time; time.sleep(60)"]
+    procs = [rehearsal._launch(sleeps, tmp_path / "logs" / f"y.node{n}.log") for n in range(2)]
+    with pytest.raises(StageFailed, match="timed out after 2 s") as failed:
+        rehearsal.wait(procs, "y", timeout=2)
+    assert failed.value.detail.count("still going") == 2
+    assert all(p.returncode == -9 for p in procs)

@@ -22,7 +22,11 @@ def test_single_process_values_are_its_own():
 
 
 def _rollout(
-    rewards: list[float], advantages: list[float], clips: list[int], judge_requests: float = 0.0
+    rewards: list[float],
+    advantages: list[float],
+    clips: list[int],
+    judge_requests: float = 0.0,
+    row_steps: tuple[int, int] = (0, 1),
 ) -> Rollout:
     tree = RolloutTree()
     for i, (r, a, t) in enumerate(zip(rewards, advantages, clips)):
@@ -47,13 +51,17 @@ def _rollout(
         "samples": float(n),
         "prompts": 1.0,
         "judge/requests": judge_requests,  # a count over the rank's rollout (rl/judge.py take_stats)
+        "decode/row_steps_saved": row_steps[0] / row_steps[1],  # the decode engine's (rl/rollout.py)
+        "decode/row_steps": float(row_steps[1]),
     }
     return Rollout(tree=tree, stats=stats)
 
 
 def test_two_ranks_combine_into_the_statistics_of_all_samples():
-    a = _rollout([1.0, 0.0, 1.0, 1.0], [0.5, -1.5, 0.5, 0.5], [0, 0, 1, 1], judge_requests=3.0)
-    b = _rollout([0.0, 0.0], [0.0, 0.0], [0, 1], judge_requests=2.0)
+    a = _rollout(
+        [1.0, 0.0, 1.0, 1.0], [0.5, -1.5, 0.5, 0.5], [0, 0, 1, 1], judge_requests=3.0, row_steps=(30, 100)
+    )
+    b = _rollout([0.0, 0.0], [0.0, 0.0], [0, 1], judge_requests=2.0, row_steps=(0, 20))
     (sa, ma), (sb, mb) = rollout_sums_and_means(a), rollout_sums_and_means(b)
     sums = {k: sa[k] + sb[k] for k in sa}  # what the all-reduce adds
     means = {k: (ma[k][0] + mb[k][0], ma[k][1] + mb[k][1]) for k in ma}
@@ -61,6 +69,8 @@ def test_two_ranks_combine_into_the_statistics_of_all_samples():
     both = _rollout([1.0, 0.0, 1.0, 1.0, 0.0, 0.0], [0.5, -1.5, 0.5, 0.5, 0.0, 0.0], [0, 0, 1, 1, 0, 1])
     assert out["rollout/samples"] == 6 and out["rollout/prompts"] == 2
     assert out["rollout/judge/requests"] == 5  # the judge's counts add up over ranks
+    assert out["rollout/decode/row_steps"] == 120
+    assert out["rollout/decode/row_steps_saved"] == pytest.approx(30 / 120)  # not (0.3 + 0) / 2 or by samples
     assert out["rollout/reward/total"] == pytest.approx(both.stats["reward/total"])  # 0.5, not (0.75+0)/2
     assert out["rollout/reward/answer"] == pytest.approx(both.stats["reward/answer"])
     assert out["rollout/final_answer_accuracy"] == pytest.approx(2 / 3)  # 2 of the 3 last-clip samples

@@ -21,9 +21,21 @@ class FakePolicy(torch.nn.Module):
         (path / "step").write_text(str(self.step))
 
 
+class FakeStrategy:
+    """Records the barriers a rank passes, after whatever ``events`` already holds."""
+
+    def __init__(self, events: list[str] | None = None) -> None:
+        self.events = [] if events is None else events
+
+    def barrier(self, name: str | None = None) -> None:
+        self.events.append(f"barrier {name}")
+
+
 def fit(cb: SavePolicy, val: list[float]) -> SimpleNamespace:
     module = SimpleNamespace(policy=FakePolicy())
-    trainer = SimpleNamespace(is_global_zero=True, sanity_checking=False, callback_metrics={})
+    trainer = SimpleNamespace(
+        is_global_zero=True, sanity_checking=False, callback_metrics={}, strategy=FakeStrategy()
+    )
     for step, acc in enumerate(val, start=1):
         module.policy.step = trainer.global_step = step
         trainer.callback_metrics = {"val/accuracy": torch.tensor(acc)}
@@ -71,7 +83,24 @@ def test_the_training_precision_is_saved_beside_the_frame_geometry(tmp_path) -> 
             saved["geometry"] = geometry
 
     data = SimpleNamespace(frame_size=[56, 56], frames_per_clip=8)
-    trainer = SimpleNamespace(is_global_zero=True, datamodule=data, precision="bf16-mixed")
+    trainer = SimpleNamespace(
+        is_global_zero=True, datamodule=data, precision="bf16-mixed", strategy=FakeStrategy()
+    )
     SavePolicy(str(tmp_path / "p")).on_fit_end(trainer, SimpleNamespace(policy=Recording()))
     geometry = saved["geometry"]
     assert (geometry.frame_size, geometry.frames_per_clip, geometry.precision) == ((56, 56), 8, "bf16-mixed")
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_every_rank_waits_until_rank_0_has_written_the_policy(tmp_path, rank) -> None:
+    """Rank 0 writes, then every rank passes one barrier: none returns (or leaves the job) before the
+    directory is complete."""
+    events: list[str] = []
+
+    class Recording(FakePolicy):
+        def save_pretrained(self, path: Path, state_dict=None, *, geometry=None) -> None:
+            events.append("write")
+
+    trainer = SimpleNamespace(is_global_zero=rank == 0, strategy=FakeStrategy(events))
+    SavePolicy(str(tmp_path / "p")).on_fit_end(trainer, SimpleNamespace(policy=Recording()))
+    assert events == (["write", "barrier save_policy"] if rank == 0 else ["barrier save_policy"])

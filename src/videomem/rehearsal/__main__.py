@@ -30,6 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     print(table([]).rstrip("\n"), flush=True)
     ok = rehearsal.run()
     print("\n" + table(rehearsal.stages))
+    for stage in rehearsal.stages:
+        if not stage.ok and stage.detail:
+            print(f"\n{stage.name} failed:\n{stage.detail}")
     report = {"ok": ok, "stages": [s.__dict__ for s in rehearsal.stages], "measured": rehearsal.measured}
     (out / "rehearsal.json").write_text(json.dumps(report, indent=1))
     print(f"\n{'all stages passed' if ok else 'FAILED'}; {out / 'rehearsal.json'}")

@@ -66,9 +66,18 @@ PROBE_SHAPE = {**TINY_QWEN3_VL, "hidden_size": 1024, "num_hidden_layers": 8, "nu
                "num_key_value_heads": 4, "intermediate_size": 4096}  # fmt: skip
 
 
+# where a failed process's story starts in its log: Python's, Hydra's and a crash's (PYTHONFAULTHANDLER)
+TRACEBACK_STARTS = ("Traceback (most recent call last)", "Error executing job", "Fatal Python error")
+
+
 # ---- stages ----------------------------------------------------------------------------------------
 class StageFailed(RuntimeError):
-    """A stage's check did not hold (the message is the table's outcome)."""
+    """A stage's check did not hold (the message is the table's outcome; ``detail``, printed after the
+    table, says why: e.g. the end of a failed node's log)."""
+
+    def __init__(self, message: str, detail: str = "") -> None:
+        super().__init__(message)
+        self.detail = detail
 
 
 @dataclass
@@ -78,6 +87,7 @@ class Stage:
     peak_mb: dict[int, float] = field(default_factory=dict)
     outcome: str = ""
     ok: bool = False
+    detail: str = ""  # why it failed, beyond the outcome
 
 
 class Rehearsal:
@@ -87,16 +97,20 @@ class Rehearsal:
         self.out, self.stages = out, []
         self.measured: dict = {}  # figures beyond the table (rehearsal.json)
         self.python = sys.executable
-        self.env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "VIDEOMEM_ROOT": str(out)}
+        # PYTHONFAULTHANDLER: a rank that dies of a signal (a crash in native code) leaves its Python stack
+        self.env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1",
+                    "VIDEOMEM_ROOT": str(out)}  # fmt: skip
         self.env.pop("RANK", None)
 
     # -- running commands
     def _launch(self, args: list[str], log: Path) -> subprocess.Popen:
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "ab") as f:  # the child keeps its own copy of the descriptor
-            return subprocess.Popen(
+            proc = subprocess.Popen(
                 args, cwd=ROOT, env=self.env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True
             )
+        proc.log_path = log  # where a failure's detail is read from
+        return proc
 
     def nodes(self, args: list[str], log: str) -> list[subprocess.Popen]:
         """Start the two simulated nodes: torchrun launchers on 127.0.0.1 with a free rendezvous port."""
@@ -108,18 +122,44 @@ class Rehearsal:
             for n in range(NODES)
         ]
 
-    def wait(self, procs: list[subprocess.Popen], log: str, timeout: float = 900) -> None:
-        deadline = time.monotonic() + timeout
-        for p in procs:
-            try:
-                p.wait(max(1.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
+    def wait(self, procs: list[subprocess.Popen], log: str, timeout: float = 900, grace: float = 20) -> None:
+        """Wait for every process of a stage. Once one has failed, the others get ``grace`` seconds, then
+        are killed: a node whose ranks finished would otherwise sit in torchrun's exit barrier for 300 s
+        waiting for the failed node's launcher. A failure carries the tail of the failed node's log."""
+        deadline, failed, failed_at = time.monotonic() + timeout, [], None
+        while None in [p.poll() for p in procs]:  # a list: every process polled, not up to the first
+            failed += [p for p in procs if p.returncode not in (None, 0) and p not in failed]
+            now = time.monotonic()
+            if failed and failed_at is None:
+                failed_at = now
+            if now > deadline or (failed_at is not None and now - failed_at > grace):
                 for q in procs:
                     kill_node(q)
-                raise StageFailed(f"timed out after {timeout:.0f} s (logs/{log}*)") from None
-        bad = [p.returncode for p in procs if p.returncode != 0]
-        if bad:
-            raise StageFailed(f"exit status {bad[0]} (see {self.out}/logs/{log}*)")
+                for q in procs:
+                    q.wait()
+                if not failed:
+                    raise StageFailed(f"timed out after {timeout:.0f} s (logs/{log}*)", self.log_tail(log))
+            else:
+                time.sleep(0.2)
+        failed += [p for p in procs if p.returncode != 0 and p not in failed]
+        if failed:
+            first = failed[0]
+            raise StageFailed(
+                f"exit status {first.returncode} (see {self.out}/logs/{log}*)", self.log_tail(log, first)
+            )
+
+    def log_tail(self, log: str, proc: subprocess.Popen | None = None, lines: int = 40) -> str:
+        """The end of the stage's log (the failed process's, else every one of the stage): from its last
+        traceback on, or its last ``lines`` lines when it has none (or a longer one)."""
+        logs = [proc.log_path] if proc is not None else sorted((self.out / "logs").glob(f"{log}*.log"))
+        tails = []
+        for f in logs:
+            text = f.read_text(errors="replace").splitlines()
+            starts = [i for i, line in enumerate(text) if line.lstrip().startswith(TRACEBACK_STARTS)]
+            first = starts[-1] if starts and len(text) - starts[-1] <= 3 * lines else len(text) - lines
+            tail = text[max(first, 0) :]
+            tails.append(f"--- {f.name}, last {len(tail)} lines\n" + "\n".join(tail))
+        return "\n".join(tails)
 
     def stage(self, name: str, fn) -> Stage:
         stage = Stage(name)
@@ -128,7 +168,7 @@ class Rehearsal:
         try:
             stage.outcome, stage.ok = fn(), True
         except StageFailed as err:
-            stage.outcome = f"FAILED: {err}"
+            stage.outcome, stage.detail = f"FAILED: {err}", err.detail
         except Exception as err:  # a bug here or in what a stage calls: reported, the table still printed
             stage.outcome = f"FAILED: {type(err).__name__}: {' '.join(str(err).split())[:300]}"
         finally:
@@ -247,10 +287,11 @@ class Rehearsal:
                 "trainer.max_steps=24",
                 "module.optimizer.lr=3e-3",
                 "module.scheduler.warmup_steps=2",
+                "data.epoch_length=48",  # a validation and a checkpoint every 12 steps
             ],  # fmt: skip
             "sft",
         )
-        return f"24 steps on 4 ranks from the base checkpoint (loaded sharded); {checkpoint_files(run)}"
+        return f"24 steps on 4 ranks from the base checkpoint (loaded sharded), 2 validations; {checkpoint_files(run)}"
 
     def prpo(self, name: str, kl: float, steps: int, extra: list[str] = ()) -> Path:
         overrides = ["experiment=paper_prpo_tiny", f"init_from={self.out / 'runs' / 'sft' / 'policy'}",

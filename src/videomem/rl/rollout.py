@@ -316,12 +316,15 @@ def _summary(tree: RolloutTree, steps: list[_Step], num_prompts: int) -> dict[st
 def _engine_summary(before, after, clips: int) -> dict[str, float]:
     """What the decode engine did over the rollout (``Policy.decode_stats``): the share of decode
     row-steps finished samples no longer cost, and vision encodes per clip of the batch (at most 1:
-    every prompt row and continuation chain that shows a clip shares its one encode)."""
+    every prompt row and continuation chain that shows a clip shares its one encode), with the counts
+    they divide by (``decode/row_steps``, ``decode/clips``), so ranks' ratios combine as sums."""
     computed = after.row_steps - before.row_steps
     saved = after.row_steps_saved - before.row_steps_saved
     return {
         "decode/row_steps_saved": saved / max(1, computed + saved),
         "decode/vision_encodes_per_clip": (after.vision_encodes - before.vision_encodes) / max(1, clips),
+        "decode/row_steps": float(computed + saved),
+        "decode/clips": float(clips),
     }
 
 

@@ -26,7 +26,8 @@ def point_latest(target: Path, link: Path) -> None:
 def save_policy(trainer: Trainer, pl_module: LightningModule, path: Path) -> bool:
     """Save ``pl_module.policy`` to ``path`` as a loadable checkpoint dir, with the frame geometry of the
     trainer's datamodule. Every rank must call it: a sharded (FSDP) policy's full weights are gathered
-    first (a collective), then rank 0 writes them.
+    first (a collective), then rank 0 writes them while the others wait (a barrier): every rank returns
+    with the directory complete, and no rank leaves the job while rank 0 still works.
 
     Returns:
         True on the rank that wrote the directory.
@@ -35,13 +36,13 @@ def save_policy(trainer: Trainer, pl_module: LightningModule, path: Path) -> boo
     if is_sharded(pl_module.policy):  # collective; the strategy's root (FSDP1 wraps the whole module)
         full = full_state_dict(trainer.strategy.model)
         state = {k.removeprefix("policy."): v for k, v in full.items() if k.startswith("policy.")}
-    if not trainer.is_global_zero:
-        return False
-    # the frame geometry and precision it was trained with, so `make eval` and `videomem answer` reuse them
-    data = getattr(trainer, "datamodule", None)
-    geometry = FrameGeometry.from_data(data, precision=trainer.precision) if data is not None else None
-    pl_module.policy.save_pretrained(path, state_dict=state, geometry=geometry)
-    return True
+    if trainer.is_global_zero:
+        # the frame geometry and precision it was trained with, so `make eval` and `videomem answer` reuse them
+        data = getattr(trainer, "datamodule", None)
+        geometry = FrameGeometry.from_data(data, precision=trainer.precision) if data is not None else None
+        pl_module.policy.save_pretrained(path, state_dict=state, geometry=geometry)
+    trainer.strategy.barrier("save_policy")
+    return trainer.is_global_zero
 
 
 class SavePolicy(Callback):

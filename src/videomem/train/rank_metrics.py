@@ -69,11 +69,19 @@ def std_from_moments(mean: float, mean_of_squares: float) -> float:
     return math.sqrt(max(0.0, mean_of_squares - mean * mean))
 
 
+# the decode engine's ratios (rl/rollout.py) -> the count each divides by (a count: summed over ranks)
+DECODE_RATIOS = {
+    "decode/row_steps_saved": "decode/row_steps",
+    "decode/vision_encodes_per_clip": "decode/clips",
+}
+
+
 def rollout_sums_and_means(rollout: Rollout) -> tuple[dict[str, float], dict[str, tuple[float, float]]]:
     """``rollout.stats`` as sums and (sum, count) pairs, to be reduced over ranks (``reduce_over_ranks``).
 
     ``prompts``, ``samples`` and the judge's ``judge/*`` (requests, cache hits, failures) are counts;
-    ``final_answer_accuracy`` is a mean over each question's last-clip samples; the advantage spread is
+    ``final_answer_accuracy`` is a mean over each question's last-clip samples; the decode engine's
+    ratios are weighted by their counts (``DECODE_RATIOS``, the counts summed); the advantage spread is
     rebuilt from the advantages' first two moments; every other statistic is a mean over the rollout's
     samples (tree nodes), so it is weighted by them.
     """
@@ -81,12 +89,17 @@ def rollout_sums_and_means(rollout: Rollout) -> tuple[dict[str, float], dict[str
     n = float(len(nodes))
     sums: dict[str, float] = {}
     means: dict[str, tuple[float, float]] = {}
+    stats = dict(rollout.stats)
+    for ratio, count in DECODE_RATIOS.items():  # a ratio of the rank's counts: weighted by its count
+        if ratio in stats:
+            denominator = stats[count]
+            means[f"rollout/{ratio}"] = (stats.pop(ratio) * denominator, denominator)
     final_clip: dict[int, int] = {}
     for node in nodes:
         final_clip[node.example_index] = max(final_clip.get(node.example_index, 0), node.clip_index)
     n_last = float(sum(node.clip_index == final_clip[node.example_index] for node in nodes))
-    for key, value in rollout.stats.items():
-        if key in ("prompts", "samples") or key.startswith("judge/"):
+    for key, value in stats.items():
+        if key in ("prompts", "samples", *DECODE_RATIOS.values()) or key.startswith("judge/"):
             sums[f"rollout/{key}"] = value
         elif key == "final_answer_accuracy":
             means[f"rollout/{key}"] = (value * n_last, n_last)
