@@ -40,6 +40,8 @@ PROMPTS = Prompts(
     writer_user="Q: {question} | clip {clip}/{num_clips} | memory: {memory} | now: {description}",
     reader_system="answer",
     reader_user="notes: {memory} | Q: {question} | {options}",
+    reader_open_system="answer in words",
+    reader_open_user="notes: {memory} | Q: {question}",
 )
 
 

@@ -92,6 +92,8 @@ def test_flagged_chains_are_marked_dropped_by_the_filter_and_shown(shards, tmp_p
     assert (
         page.count("FLAGGED") == 2 and page.count("<h2>") == 4
     )  # the flagged ones are shown, from the input
+    with pytest.raises(ValueError, match=r"teacher.min_open_score must be in \[0, 1\], got 1.5"):
+        run(shards, out, min_open_score=1.5)
 
 
 HOLD = """
@@ -157,7 +159,8 @@ def test_make_memories_refuses_a_busy_out_in_one_line(shards, tmp_path):  # noqa
     assert line.startswith("run_memories: error: ") and "is being written by make memories" in line
 
 
-def test_an_open_ended_question_is_written_for_in_words_and_not_read_for_a_letter():
+def test_an_open_ended_question_is_written_for_and_read_in_words():
+    from videomem.teacher.answerability import reader_messages
     from videomem.teacher.chain import OPEN_ENDED_OPTIONS, writer_messages
 
     open_q = qa("o", 2, answer="a red car")
@@ -172,6 +175,20 @@ def test_an_open_ended_question_is_written_for_in_words_and_not_read_for_a_lette
     assert (
         writer_messages(prompts, qa("q", 2), 1, "m", "d")[-1]["content"] == "question q? | A. x\nB. y | m | d"
     )
+    # the reader gets the open-ended prompts: no options, the words asked for
+    assert reader_messages(PROMPTS, open_q, "m2") == [
+        {"role": "system", "content": "answer in words"},
+        {"role": "user", "content": "notes: m2 | Q: question o?"},
+    ]
+    replies = {  # the reader's reply -> answerable (the ROUGE mean against "a red car" >= 0.5)
+        "Answer: the red car\nIt was parked.": True,  # first line, prefix and articles dropped: 1.0
+        "a red truck": False,  # 1 of 2 words, no bigram: 0.33
+        "A": False,  # a letter is no answer to an open-ended question
+    }
+    for reply, answerable in replies.items():
+        chains = [Chain("v", "o", ["d"] * 2, ["m1", "m2"])]
+        assert check_answers(chains, [open_q], Fixed(reply), PROMPTS) == 1
+        assert chains[0].answerable is answerable and chains[0].error is None, reply
     chains = [Chain("v", "o", ["d"] * 2, ["m1", "m2"])]
-    assert check_answers(chains, [open_q], Fixed("A"), PROMPTS) == 0  # no letter to read: not asked
-    assert chains[0].answerable is None and chains[0].error is None
+    check_answers(chains, [open_q], Fixed("a red truck"), PROMPTS, min_open_score=0.3)
+    assert chains[0].answerable is True and chains[0].reader_answer == "a red truck"  # the threshold's

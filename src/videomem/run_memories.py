@@ -60,6 +60,7 @@ def run(cfg: DictConfig) -> dict:
             limit,
             reader=reader,
             filter=cfg.teacher.filter,
+            min_open_score=cfg.teacher.min_open_score,
             part=cfg.part,
             frames_per_clip=captioner.frames_per_clip,
             frame_size=captioner.frame_size,

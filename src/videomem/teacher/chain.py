@@ -18,7 +18,7 @@ never stored as a description or a memory.
 The prompts are plain ``str.format`` templates from the config (``configs/memories.yaml``). Fields:
 captioner ``{clip} {num_clips} {start} {end} {earlier}`` (no question: the description is shared);
 writer ``{question} {options} {clip} {num_clips} {memory} {description}``; reader (answerability.py)
-``{question} {options} {memory}``. The writer's ``{options}`` is the lettered options of a
+``{question} {options} {memory}``, and for an open-ended question ``{question} {memory}``. The writer's ``{options}`` is the lettered options of a
 multiple-choice question, or ``OPEN_ENDED_OPTIONS`` for an open-ended one: its answer is free text, so
 the memory must keep every detail the answer may need, not only what tells options apart.
 
@@ -70,6 +70,7 @@ FIELDS = {
     "caption_user": {"clip", "num_clips", "start", "end", "earlier"},
     "writer_user": {"question", "options", "clip", "num_clips", "memory", "description"},
     "reader_user": {"question", "options", "memory"},
+    "reader_open_user": {"question", "memory"},
 }
 
 
@@ -87,6 +88,8 @@ class Prompts:
     writer_user: str
     reader_system: str
     reader_user: str
+    reader_open_system: str  # the reader of an open-ended question: answer in words
+    reader_open_user: str
 
     def __post_init__(self) -> None:
         for name, allowed in FIELDS.items():
@@ -147,8 +150,9 @@ class Captions(dict):
 class Chain:
     """One question's teacher output: d_1..d_T and M_1..M_T, or the error that stopped it.
 
-    ``answerable`` (answerability.py): whether a reader given M_T alone picked the gold answer
-    (``reader_answer``); None when not checked (no gold answer).
+    ``answerable`` (answerability.py): whether a reader given M_T alone picked the gold answer, or, for an
+    open-ended question, answered close enough to the reference (``reader_answer``: its letter or words);
+    None when not checked (no gold answer).
     """
 
     video_id: str

@@ -181,6 +181,7 @@ class Teachers:
     reader: Writer
     prompts: Prompts
     limit_memory: Callable[[str], str]
+    min_open_score: float = 0.5  # answerability of an open-ended question (answerability.py)
     caption_requests: int = 0  # made in this run
     reader_requests: int = 0
     questions: int = 0  # run through the teachers in this run
@@ -220,7 +221,9 @@ def _fill_shard(
         chains = run_chains(
             batch, teachers.captioner, teachers.writer, teachers.prompts, teachers.limit_memory, captions
         )
-        teachers.reader_requests += check_answers(chains, batch, teachers.reader, teachers.prompts)
+        teachers.reader_requests += check_answers(
+            chains, batch, teachers.reader, teachers.prompts, teachers.min_open_score
+        )
         teachers.questions += len(batch)
         teachers.clips += sum(qa.num_clips for qa in batch)
         return _record(progress, chains, done, failures, name, bar)
@@ -272,6 +275,7 @@ def fill_memories(
     *,
     reader: Writer | None = None,
     filter: str | None = None,
+    min_open_score: float = 0.5,
     part: str | None = None,
     frames_per_clip: int = 8,
     frame_size: tuple[int, int] | None = None,
@@ -287,6 +291,7 @@ def fill_memories(
         reader: Answers each question from its final memory (answerability.py); None: the writer.
         filter: None keeps every chain (flagged ones carry ``answerable: false``); ``"answerable"``
             leaves the flagged ones out of the output shards.
+        min_open_score: The reader's rule score an open-ended question needs to be answerable.
         part: ``"i/n"``: fill only this machine's share of the shards (None: all).
         frames_per_clip: Frames of each clip shown to the captioner.
         frame_size: (H, W) the clips are decoded at (None: as stored).
@@ -302,17 +307,20 @@ def fill_memories(
         ``resumed_shards``, ``written_shards``, ``part``, ``seconds``, ``questions_per_minute``.
 
     Raises:
-        ValueError: An unknown filter or a bad part.
+        ValueError: An unknown filter, a min_open_score outside [0, 1] or a bad part.
         OutLocked: Another run is writing OUT (or this part of it).
     """
     if filter not in FILTERS:
         raise ValueError(f"teacher.filter must be null or answerable, got {filter!r}")
+    if not 0.0 <= min_open_score <= 1.0:
+        raise ValueError(f"teacher.min_open_score must be in [0, 1], got {min_open_score!r}")
     part_ = parse_part(part)
     paths = my_shards(expand_shards(shards), part_)
     out = Path(out_dir)
+    teachers = Teachers(captioner, writer, reader or writer, prompts, limit_memory, min_open_score)
     with lock_out(out, part_):
-        return _fill(paths, out, Teachers(captioner, writer, reader or writer, prompts, limit_memory), filter,
-                     part_, (frames_per_clip, frame_size), batch_size, max_questions)  # fmt: skip
+        return _fill(paths, out, teachers, filter, part_, (frames_per_clip, frame_size), batch_size,
+                     max_questions)  # fmt: skip
 
 
 def _fill(

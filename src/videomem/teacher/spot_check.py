@@ -45,7 +45,7 @@ def _reader_line(chain: dict, gold: str | None) -> str:
     flag = chain.get("answerable")
     if flag is None:
         return "<p><i>answerability not checked (no gold answer)</i></p>"
-    said = chain.get("reader_answer") or "no letter"
+    said = chain.get("reader_answer") or "no answer"
     verdict = "answerable" if flag else "<b style='color:#b00'>FLAGGED: not answerable from M<sub>T</sub></b>"
     return f"<p>reader, from M<sub>T</sub> alone: {html.escape(said)} (gold {html.escape(str(gold))}): {verdict}</p>"
 
