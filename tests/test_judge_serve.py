@@ -1,10 +1,7 @@
 """The LLM judge against a REAL ``transformers serve`` on 127.0.0.1, started and stopped by this module.
 
-The served model is the project's tiny Qwen2 LM (``teacher.local.tiny_writer_model``) made to reply one
-verdict: its layers' output projections are zeroed, so each position's hidden state is its token's
-embedding, and the LM head is set so that the token after the chat template's generation prompt is the
-first token of "correct", each of those tokens is followed by the next and the last by ``<|im_end|>``
-(a bigram chain). So the whole HTTP path runs for real (chat template, generation, the OpenAI-compatible
+The served model is the project's tiny Qwen2 LM made to reply one verdict ("correct", then its end
+token: ``teacher.local.scripted_writer_model``). So the whole HTTP path runs for real (chat template, generation, the OpenAI-compatible
 reply, N requests in flight, retries, timeouts), and the strict verdict parser sees a real reply. Slow:
 the server takes about 20 s to start on a CPU.
 """
@@ -34,33 +31,12 @@ VERDICT = "correct"
 PROMPT = "Question: {question}\nReference answer: {reference}\nAnswer to grade: {prediction}\nVerdict:"
 
 
-def verdict_model(verdict: str):
-    """The tiny LM whose greedy reply to any chat is ``verdict`` (module docstring)."""
-    from videomem.model.tiny import EOS
-    from videomem.teacher.local import tiny_writer_model
-
-    model, tok = tiny_writer_model(seed=0)
-    for layer in model.model.layers:  # each layer adds nothing: the residual stream is the embedding
-        torch.nn.init.zeros_(layer.self_attn.o_proj.weight)
-        torch.nn.init.zeros_(layer.mlp.down_proj.weight)
-    text = tok.apply_chat_template(
-        [{"role": "user", "content": "x"}], tokenize=False, add_generation_prompt=True
-    )
-    prompt = tok.encode(text, add_special_tokens=False)
-    chain = [prompt[-1], *tok.encode(verdict, add_special_tokens=False), tok.convert_tokens_to_ids(EOS)]
-    assert len(set(chain)) == len(chain), chain  # a bigram chain needs distinct tokens
-    emb = model.model.embed_tokens.weight.detach()
-    with torch.no_grad():
-        model.lm_head.weight.zero_()
-        for a, b in zip(chain, chain[1:]):  # logit of b after a: 20 x |normed emb a| ~ 160; others far less
-            model.lm_head.weight[b] += 20 * emb[a] / emb[a].norm()
-    return model, tok
-
-
 @pytest.fixture(scope="module")
 def judge_server(tmp_path_factory):
     """``(base_url, model name)`` of a `transformers serve` process serving the verdict model."""
-    model, tok = verdict_model(VERDICT)
+    from videomem.teacher.local import scripted_writer_model
+
+    model, tok = scripted_writer_model(VERDICT)
     with served(model, tok, tmp_path_factory.mktemp("judge") / "verdict-lm") as server:
         yield server
 

@@ -393,3 +393,21 @@ def test_memories_config_composes(compose_cfg, teacher):
     assert set(cfg.prompts) == set(Prompts.__dataclass_fields__)
     mixed = compose_cfg("memories", ["teacher=openai", "teacher/captioner=tiny", "shards=in", "out=out"])
     assert mixed.teacher.captioner._target_ == "videomem.teacher.local.build_captioner"
+
+
+def test_a_scripted_writer_model_replies_its_script_then_ends():
+    """The served stand-in of the endpoint tests and scripts/teacher_throughput.sh (teacher/local.py)."""
+    from videomem.teacher.local import scripted_writer_model
+
+    model, tok = scripted_writer_model("correct")
+    for content in ("Grade this.", "correct"):  # any prompt, even one ending in the script's own words
+        ids = tok.apply_chat_template(
+            [{"role": "user", "content": content}],
+            add_generation_prompt=True,
+            return_tensors="pt",
+            return_dict=True,
+        )["input_ids"]
+        out = model.generate(ids, max_new_tokens=20, do_sample=False)[0, ids.shape[1] :]
+        assert tok.decode(out, skip_special_tokens=False) == f"correct{tok.eos_token}"
+    with pytest.raises(ValueError, match="distinct tokens"):
+        scripted_writer_model("aa")  # a token twice: its successor would be ambiguous

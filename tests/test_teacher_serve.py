@@ -1,7 +1,7 @@
 """Real footage end to end in miniature: import -> memories through a REAL `transformers serve` -> SFT -> PRPO -> eval.
 
 The test builds a tiny Qwen2 causal LM with the project's local tokenizer whose every reply is "A" and
-its end token (``letter_model``: a reply that ends, as a real model's does; a reply cut at the token cap
+its end token (``teacher.local.scripted_writer_model``: a reply that ends, as a real model's does; a reply cut at the token cap
 is a failure), saves it, serves it with ``transformers serve`` on 127.0.0.1 (about 20 s to start on a
 CPU) and stops it at the end. All three teacher roles go through the endpoint (``teacher=openai
 teacher/reader=openai``): the captioner's requests carry the clip frames as JPEG images, which the
@@ -41,38 +41,12 @@ def run(*args: str, cwd: Path) -> str:
     return proc.stdout
 
 
-def letter_model(letter: str = "A"):
-    """The tiny Qwen2 LM rewired so that its greedy reply to any prompt is ``letter`` then its end token.
-
-    With attention and MLP outputs zeroed, the last hidden state is the last token's embedding: every
-    token embeds to direction 0, which the head reads as ``letter``; ``letter`` embeds to direction 1,
-    which the head reads as the end token.
-    """
-    import torch
-
-    from videomem.teacher.local import tiny_writer_model
-
-    model, tokenizer = tiny_writer_model(seed=0)
-    (token,) = tokenizer(letter, add_special_tokens=False)["input_ids"]
-    eos = model.generation_config.eos_token_id
-    with torch.no_grad():
-        for layer in model.model.layers:
-            layer.self_attn.o_proj.weight.zero_()
-            layer.mlp.down_proj.weight.zero_()
-        embed, head = model.model.embed_tokens.weight, model.lm_head.weight  # [V, H] each
-        embed.zero_()
-        embed[:, 0] = 1.0
-        embed[token] = 0.0
-        embed[token, 1] = 1.0
-        head.zero_()
-        head[token, 0] = head[eos, 1] = 10.0
-    return model, tokenizer
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    """``(base_url, model name)`` of a `transformers serve` process serving ``letter_model("A")``."""
-    model, tokenizer = letter_model("A")
+    """``(base_url, model name)`` of a `transformers serve` process serving a model that always replies "A"."""
+    from videomem.teacher.local import scripted_writer_model
+
+    model, tokenizer = scripted_writer_model("A")
     with served(model, tokenizer, tmp_path_factory.mktemp("served") / "tiny-lm") as server:
         yield server
 

@@ -178,6 +178,38 @@ def tiny_writer_model(
     return model.eval(), tokenizer
 
 
+def scripted_writer_model(reply: str, seed: int = 0) -> tuple[Qwen2ForCausalLM, PreTrainedTokenizerFast]:
+    """``tiny_writer_model`` rewired so that its greedy reply to any prompt is ``reply`` then its end token:
+    a served stand-in whose answers are known in advance (the endpoint tests, scripts/teacher_throughput.sh).
+
+    Attention and MLP outputs are zeroed, so the last hidden state is the last token's embedding. Reply
+    token i embeds to direction i + 1, which the head reads as reply token i + 1 (the last: the end
+    token); every other token embeds to direction 0, read as the first reply token.
+
+    Raises:
+        ValueError: ``reply`` is empty, repeats a token, or has more tokens than the model has directions.
+    """
+    model, tokenizer = tiny_writer_model(seed=seed)
+    chain = tokenizer(reply, add_special_tokens=False)["input_ids"]
+    hidden = model.config.hidden_size
+    if not chain or len(set(chain)) != len(chain) or len(chain) >= hidden:
+        raise ValueError(f"a scripted reply needs 1 to {hidden - 1} distinct tokens, got {reply!r}")
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        embed, head = model.model.embed_tokens.weight, model.lm_head.weight  # [V, H] each
+        embed.zero_()
+        embed[:, 0] = 1.0
+        head.zero_()
+        for i, token in enumerate(chain):
+            embed[token] = 0.0
+            embed[token, i + 1] = 1.0
+            head[token, i] = 10.0
+        head[model.generation_config.eos_token_id, len(chain)] = 10.0
+    return model, tokenizer
+
+
 def build_captioner(
     path: str | None = None,
     arch: str = "qwen2_5_vl",
