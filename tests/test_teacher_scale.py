@@ -160,7 +160,7 @@ def test_make_memories_refuses_a_busy_out_in_one_line(shards, tmp_path):  # noqa
 
 
 def test_an_open_ended_question_is_written_for_and_read_in_words():
-    from videomem.teacher.answerability import reader_messages
+    from videomem.teacher.answerability import read_words, reader_messages
     from videomem.teacher.chain import OPEN_ENDED_OPTIONS, writer_messages
 
     open_q = qa("o", 2, answer="a red car")
@@ -180,6 +180,8 @@ def test_an_open_ended_question_is_written_for_and_read_in_words():
         {"role": "system", "content": "answer in words"},
         {"role": "user", "content": "notes: m2 | Q: question o?"},
     ]
+    assert read_words("The answer is red car") == "red car"
+    assert read_words("Answers vary") == "Answers vary"  # a prefix needs its separator
     replies = {  # the reader's reply -> answerable (the ROUGE mean against "a red car" >= 0.5)
         "Answer: the red car\nIt was parked.": True,  # first line, prefix and articles dropped: 1.0
         "a red truck": False,  # 1 of 2 words, no bigram: 0.33

@@ -3,6 +3,9 @@
 Linux only: everything is read from ``/proc`` (a process's parent, its ``RANK``, its peak resident set
 ``VmHWM``). ``probe_load`` is one rank of the rehearsal's load stage, run by torchrun.
 
+``wait_for`` waits for a stage's processes and stops the rest when one fails; ``log_tail`` reads the
+end of a failed process's log.
+
 Deliberately not here: which stages run and what they check (``rehearsal/stages.py``).
 """
 
@@ -15,6 +18,7 @@ import signal
 import socket
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 
@@ -105,6 +109,53 @@ def kill_node(launcher: subprocess.Popen) -> None:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+
+
+def wait_for(
+    procs: list[subprocess.Popen], timeout: float, grace: float
+) -> tuple[list[subprocess.Popen], bool]:
+    """Wait for every process. Once one has failed, the others get ``grace`` seconds, then are killed
+    (``kill_node``): a node whose ranks finished would otherwise sit in torchrun's exit barrier for 300 s
+    waiting for the failed node's launcher. All are killed at ``timeout`` seconds.
+
+    Returns:
+        (the processes that failed, in the order they were seen to fail; whether the timeout struck)
+    """
+    deadline, failed, failed_at = time.monotonic() + timeout, [], None
+    timed_out = False
+    while None in [p.poll() for p in procs]:  # a list: every process polled, not up to the first
+        failed += [p for p in procs if p.returncode not in (None, 0) and p not in failed]
+        now = time.monotonic()
+        if failed and failed_at is None:
+            failed_at = now
+        if now > deadline or (failed_at is not None and now - failed_at > grace):
+            timed_out = not failed
+            for p in procs:
+                kill_node(p)
+            for p in procs:
+                p.wait()
+        else:
+            time.sleep(0.2)
+    if not timed_out:
+        failed += [p for p in procs if p.returncode != 0 and p not in failed]
+    return failed, timed_out
+
+
+# where a failed process's story starts in its log: Python's, Hydra's and a crash's (PYTHONFAULTHANDLER)
+TRACEBACK_STARTS = ("Traceback (most recent call last)", "Error executing job", "Fatal Python error")
+
+
+def log_tail(logs: list[Path], lines: int = 40) -> str:
+    """The end of each log: from its last traceback on, or its last ``lines`` lines when it has none
+    (or a longer one)."""
+    tails = []
+    for f in logs:
+        text = f.read_text(errors="replace").splitlines()
+        starts = [i for i, line in enumerate(text) if line.lstrip().startswith(TRACEBACK_STARTS)]
+        first = starts[-1] if starts and len(text) - starts[-1] <= 3 * lines else len(text) - lines
+        tail = text[max(first, 0) :]
+        tails.append(f"--- {f.name}, last {len(tail)} lines\n" + "\n".join(tail))
+    return "\n".join(tails)
 
 
 def probe_load(ckpt: Path, out: Path) -> None:

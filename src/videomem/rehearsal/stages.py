@@ -44,7 +44,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from videomem import CONFIG_DIR
-from videomem.rehearsal.procs import PeakMemory, free_port, kill_node
+from videomem.rehearsal.procs import PeakMemory, free_port, kill_node, log_tail, wait_for
 
 ROOT = Path(CONFIG_DIR).parent  # the checkout: the rehearsal reads its tests/fixtures
 NODES, PER_NODE = 2, 2
@@ -64,10 +64,6 @@ FSDP = [
 TINY_QWEN3_VL = dict(OmegaConf.load(Path(CONFIG_DIR) / "model" / "tiny_qwen3_vl.yaml").tiny)
 PROBE_SHAPE = {**TINY_QWEN3_VL, "hidden_size": 1024, "num_hidden_layers": 8, "num_attention_heads": 8,
                "num_key_value_heads": 4, "intermediate_size": 4096}  # fmt: skip
-
-
-# where a failed process's story starts in its log: Python's, Hydra's and a crash's (PYTHONFAULTHANDLER)
-TRACEBACK_STARTS = ("Traceback (most recent call last)", "Error executing job", "Fatal Python error")
 
 
 # ---- stages ----------------------------------------------------------------------------------------
@@ -123,43 +119,17 @@ class Rehearsal:
         ]
 
     def wait(self, procs: list[subprocess.Popen], log: str, timeout: float = 900, grace: float = 20) -> None:
-        """Wait for every process of a stage. Once one has failed, the others get ``grace`` seconds, then
-        are killed: a node whose ranks finished would otherwise sit in torchrun's exit barrier for 300 s
-        waiting for the failed node's launcher. A failure carries the tail of the failed node's log."""
-        deadline, failed, failed_at = time.monotonic() + timeout, [], None
-        while None in [p.poll() for p in procs]:  # a list: every process polled, not up to the first
-            failed += [p for p in procs if p.returncode not in (None, 0) and p not in failed]
-            now = time.monotonic()
-            if failed and failed_at is None:
-                failed_at = now
-            if now > deadline or (failed_at is not None and now - failed_at > grace):
-                for q in procs:
-                    kill_node(q)
-                for q in procs:
-                    q.wait()
-                if not failed:
-                    raise StageFailed(f"timed out after {timeout:.0f} s (logs/{log}*)", self.log_tail(log))
-            else:
-                time.sleep(0.2)
-        failed += [p for p in procs if p.returncode != 0 and p not in failed]
+        """Wait for every process of a stage (``procs.wait_for``: once one has failed, the others are
+        killed ``grace`` s later). A failure carries the end of the failed process's log."""
+        failed, timed_out = wait_for(procs, timeout, grace)
         if failed:
             first = failed[0]
             raise StageFailed(
-                f"exit status {first.returncode} (see {self.out}/logs/{log}*)", self.log_tail(log, first)
+                f"exit status {first.returncode} (see {self.out}/logs/{log}*)", log_tail([first.log_path])
             )
-
-    def log_tail(self, log: str, proc: subprocess.Popen | None = None, lines: int = 40) -> str:
-        """The end of the stage's log (the failed process's, else every one of the stage): from its last
-        traceback on, or its last ``lines`` lines when it has none (or a longer one)."""
-        logs = [proc.log_path] if proc is not None else sorted((self.out / "logs").glob(f"{log}*.log"))
-        tails = []
-        for f in logs:
-            text = f.read_text(errors="replace").splitlines()
-            starts = [i for i, line in enumerate(text) if line.lstrip().startswith(TRACEBACK_STARTS)]
-            first = starts[-1] if starts and len(text) - starts[-1] <= 3 * lines else len(text) - lines
-            tail = text[max(first, 0) :]
-            tails.append(f"--- {f.name}, last {len(tail)} lines\n" + "\n".join(tail))
-        return "\n".join(tails)
+        if timed_out:
+            logs = sorted((self.out / "logs").glob(f"{log}*.log"))
+            raise StageFailed(f"timed out after {timeout:.0f} s (logs/{log}*)", log_tail(logs))
 
     def stage(self, name: str, fn) -> Stage:
         stage = Stage(name)

@@ -30,7 +30,7 @@ from videomem.memory.scoring import rule_score
 from videomem.teacher.chain import EMPTY, Chain, Prompts, Writer, reply_problem
 
 _PREFIXES = re.compile(r"(the (best|correct) (answer|option) is|answer:|option:)", re.IGNORECASE)
-_ANSWER_PREFIX = re.compile(r"^\s*(the )?answer( is)?\s*[:\-]?\s*", re.IGNORECASE)
+_ANSWER_PREFIX = re.compile(r"^\s*(?:the\s+)?answer(?:\s+is\s*:?|\s*[:\-])\s*", re.IGNORECASE)
 
 
 def reader_messages(prompts: Prompts, qa: VideoQA, memory: str) -> list[dict]:

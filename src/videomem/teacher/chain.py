@@ -18,9 +18,10 @@ never stored as a description or a memory.
 The prompts are plain ``str.format`` templates from the config (``configs/memories.yaml``). Fields:
 captioner ``{clip} {num_clips} {start} {end} {earlier}`` (no question: the description is shared);
 writer ``{question} {options} {clip} {num_clips} {memory} {description}``; reader (answerability.py)
-``{question} {options} {memory}``, and for an open-ended question ``{question} {memory}``. The writer's ``{options}`` is the lettered options of a
-multiple-choice question, or ``OPEN_ENDED_OPTIONS`` for an open-ended one: its answer is free text, so
-the memory must keep every detail the answer may need, not only what tells options apart.
+``{question} {options} {memory}``, and for an open-ended question ``{question} {memory}``. The writer's
+``{options}`` is the lettered options of a multiple-choice question, or ``OPEN_ENDED_OPTIONS`` for an
+open-ended one: its answer is free text, so the memory must keep every detail the answer may need, not
+only what tells options apart.
 
 This module builds no model and opens no file.
 """
