@@ -184,6 +184,21 @@ def _expected(cases: dict) -> tuple[list[str], int]:
     return qids, len(cases) + 1
 
 
+def test_an_empty_shard_is_recorded_though_another_worker_skips_meanwhile():
+    """With DataLoader workers the count is shared: a skip in another worker while this one reads an
+    empty shard must not hide it (the empty check compares this process's own events)."""
+    skips = SkipLog(shared=True)
+    shards = skips.watch_shards([{"url": "empty.tar"}, {"url": "next.tar"}])
+    assert next(shards) == {"url": "empty.tar"}  # ... which yields no sample
+    with skips._shared.get_lock():  # another worker records a skip in the shared count
+        skips._shared.value += 1
+    assert next(shards) == {"url": "next.tar"}
+    assert [(r["url"], r["reason"]) for r in skips.samples] == [
+        ("empty.tar", "shard has no samples (empty tar)")
+    ]
+    assert skips.count == 2  # the other worker's and this one's
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 def test_datamodule_eval_stream_over_the_whole_corpus(corpus, workers):
     root, cases = corpus

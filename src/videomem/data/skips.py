@@ -63,8 +63,7 @@ class SkipLog:
         if self._shared is not None:
             with self._shared.get_lock():
                 self._shared.value += 1
-        else:
-            self._count += 1
+        self._count += 1  # this process's own: what watch_shards compares (other workers add to the shared)
         record = {"key": key, "url": url, "reason": _one_line(reason)}
         ident = (key, url, record["reason"])
         if ident not in self._seen:
@@ -97,16 +96,17 @@ class SkipLog:
         next shard is asked for, the previous one has yielded all its samples).
         """
         self._last_url, self._samples_of_last = None, 0
-        events = self.count
+        events = self._count
         for shard in shards:
             self._check_empty(events)
-            self._last_url, self._samples_of_last, events = shard.get("url"), 0, self.count
+            self._last_url, self._samples_of_last, events = shard.get("url"), 0, self._count
             self._failed_url = None
             yield shard
         self._check_empty(events)
 
     def _check_empty(self, events_before: int) -> None:
-        if self._last_url is not None and self._samples_of_last == 0 and self.count == events_before:
+        # this process's events only: with a shared count, another worker's skip would hide an empty shard
+        if self._last_url is not None and self._samples_of_last == 0 and self._count == events_before:
             self.add(None, self._last_url, "shard has no samples (empty tar)")
 
     def watch_samples(self, samples: Iterable[dict]) -> Iterator[dict]:
