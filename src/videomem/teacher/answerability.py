@@ -29,6 +29,8 @@ from videomem.memory.prompt import format_options
 from videomem.memory.scoring import rule_score
 from videomem.teacher.chain import EMPTY, Chain, Prompts, Writer, reply_problem
 
+#: The rule score an open-ended reply needs by default (``teacher.min_open_score`` in configs/memories.yaml)
+MIN_OPEN_SCORE = 0.5
 _PREFIXES = re.compile(r"(the (best|correct) (answer|option) is|answer:|option:)", re.IGNORECASE)
 _ANSWER_PREFIX = re.compile(r"^\s*(?:the\s+)?answer(?:\s+is\s*:?|\s*[:\-])\s*", re.IGNORECASE)
 
@@ -64,7 +66,7 @@ def check_answers(
     questions: list[VideoQA],
     reader: Writer,
     prompts: Prompts,
-    min_open_score: float = 0.5,
+    min_open_score: float = MIN_OPEN_SCORE,
 ) -> int:
     """Ask ``reader`` every finished chain's question from its M_T; set ``answerable`` / ``reader_answer``.
 

@@ -47,7 +47,7 @@ from videomem.data.shards import (
     write_shards,
 )
 from videomem.data.types import VideoQA
-from videomem.teacher.answerability import check_answers
+from videomem.teacher.answerability import MIN_OPEN_SCORE, check_answers
 from videomem.teacher.chain import Captioner, Captions, Prompts, Writer, run_chains
 from videomem.teacher.outdir import STATE_DIR, lock_out, my_shards, part_suffix
 
@@ -181,7 +181,7 @@ class Teachers:
     reader: Writer
     prompts: Prompts
     limit_memory: Callable[[str], str]
-    min_open_score: float = 0.5  # answerability of an open-ended question (answerability.py)
+    min_open_score: float = MIN_OPEN_SCORE  # answerability of an open-ended question (answerability.py)
     caption_requests: int = 0  # made in this run
     reader_requests: int = 0
     questions: int = 0  # run through the teachers in this run
@@ -275,7 +275,7 @@ def fill_memories(
     *,
     reader: Writer | None = None,
     filter: str | None = None,
-    min_open_score: float = 0.5,
+    min_open_score: float = MIN_OPEN_SCORE,
     part: str | None = None,
     frames_per_clip: int = 8,
     frame_size: tuple[int, int] | None = None,
